@@ -1,0 +1,1 @@
+"""The edge gateway: a verifying reverse proxy (see README, "Architecture")."""
