@@ -113,12 +113,30 @@ class Stack:
         py = sys.executable
         host = ["--host", "127.0.0.1"]
         self.services = [
-            Service("identity", [py, "-m", "identity", "serve", *host, "--port", str(self.ports["identity"])], self.ports["identity"]),
-            Service("tasks", [py, "-m", "tasks_backend", "serve", *host, "--port", str(self.ports["tasks"])], self.ports["tasks"]),
+            Service(
+                "identity",
+                [py, "-m", "identity", "serve", *host, "--port", str(self.ports["identity"])],
+                self.ports["identity"],
+            ),
+            Service(
+                "tasks",
+                [py, "-m", "tasks_backend", "serve", *host, "--port", str(self.ports["tasks"])],
+                self.ports["tasks"],
+            ),
             Service(
                 "gateway",
-                [py, "-m", "gateway", "--config", str(config_path), *host, "--port", str(self.ports["gateway"]),
-                 "--workers", str(gateway_workers)],
+                [
+                    py,
+                    "-m",
+                    "gateway",
+                    "--config",
+                    str(config_path),
+                    *host,
+                    "--port",
+                    str(self.ports["gateway"]),
+                    "--workers",
+                    str(gateway_workers),
+                ],
                 self.ports["gateway"],
             ),
         ]
@@ -132,7 +150,11 @@ class Stack:
     def migrate(self) -> None:
         for module in ("identity", "tasks_backend"):
             result = subprocess.run(
-                [sys.executable, "-m", module, "migrate"], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                [sys.executable, "-m", module, "migrate"],
+                cwd=ROOT,
+                env=self.env,
+                capture_output=True,
+                text=True,
                 timeout=120,
             )
             if result.returncode != 0:
@@ -175,7 +197,9 @@ class Stack:
         url = f"{self.url(name)}/readyz"
         while time.monotonic() < deadline:
             if service.process is not None and service.process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {service.process.returncode}:\n" + "\n".join(service.output[-50:]))
+                raise RuntimeError(
+                    f"{name} exited with {service.process.returncode}:\n" + "\n".join(service.output[-50:])
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
                     return
@@ -218,7 +242,9 @@ class Stack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="data directory (default ./data)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORTS["gateway"], help="gateway port (default 8000)")
     parser.add_argument("--identity-port", type=int, default=DEFAULT_PORTS["identity"])
@@ -250,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping.wait(0.5):
             for service in stack.services:
                 if service.process is not None and service.process.poll() is not None:
-                    print(f"{service.name} exited with {service.process.returncode}; stopping the others", file=sys.stderr)
+                    print(
+                        f"{service.name} exited with {service.process.returncode}; stopping the others", file=sys.stderr
+                    )
                     stopping.set()
     finally:
         print("\nStopping ...", flush=True)

@@ -17,7 +17,9 @@ PASSWORD = "correct horse battery staple"
 
 
 def sign_up(client: httpx.Client, email: str) -> dict:
-    response = client.post("/api/auth/sign-up/email", json={"name": email.split("@")[0], "email": email, "password": PASSWORD})
+    response = client.post(
+        "/api/auth/sign-up/email", json={"name": email.split("@")[0], "email": email, "password": PASSWORD}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
