@@ -33,5 +33,9 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+## Side-by-side benchmarks on loopback (issue 7): installs nginx, haproxy, wrk and Better Auth on first use.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
