@@ -1,0 +1,152 @@
+"""What every endpoint shares: configuration, storage, keys, passwords, limits, and session resolution."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from identity import cookies, tokens
+from identity.clientip import client_address
+from identity.config import Config
+from identity.errors import IdentityError, RateLimited, Unauthorized
+from identity.keyring import KeyRing
+from identity.passwords import Passwords
+from identity.ratelimit import RateLimiter
+from identity.store import Session, SessionInfo, Store, User
+
+
+@dataclass
+class Resolved:
+    """The outcome of looking for a session: the session (or None) and the cookies the response must carry
+    (clearing ones for a dead session, a re-issued one after a sliding refresh)."""
+
+    info: SessionInfo | None
+    set_cookies: list[str] = field(default_factory=list)
+    refreshed: bool = False
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        keyring: KeyRing,
+        passwords: Passwords,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.keyring = keyring
+        self.passwords = passwords
+        self.clock = clock
+        self.secret = config.secret.encode()
+        self.cookie_names = cookies.CookieNames.for_base_url(config.secure_cookies)
+        self.trusted = config.all_trusted_origins
+        window = config.rate_limit_window
+        self.address_limiter = RateLimiter(config.rate_limit_per_address, window, clock)
+        self.account_limiter = RateLimiter(config.rate_limit_per_account, window, clock)
+
+    # client and limits
+
+    def client_address(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return client_address(peer, request.headers.getlist("x-forwarded-for"), self.config.trusted_proxies)
+
+    def limit_address(self, request: Request, endpoint: str) -> None:
+        if self.config.rate_limit_enabled:
+            retry = self.address_limiter.hit(f"{self.client_address(request)}|{endpoint}")
+            if retry is not None:
+                raise RateLimited(retry)
+
+    def limit_account(self, email: str) -> None:
+        if self.config.rate_limit_enabled:
+            retry = self.account_limiter.hit(email.lower())
+            if retry is not None:
+                raise RateLimited(retry)
+
+    # sessions
+
+    async def resolve(self, request: Request, *, refresh: bool = True) -> Resolved:
+        """Find the request's session (Bearer first, then cookie), slide its expiry when due (reference 2.11)."""
+        presented = cookies.presented_token(
+            self.secret, self.cookie_names, request.headers.get("authorization"), request.headers.get("cookie")
+        )
+        if presented is None or presented.token is None:
+            return Resolved(None)
+        found = await self.store.find_session(presented.token)
+        clearing = cookies.clearing_cookies(self.cookie_names)
+        if found is None:
+            return Resolved(None, clearing)
+        session, user = found
+        now_ms = self.store.now_ms()
+        if session.expires_at <= now_ms:
+            await self.store.delete_expired_session(session)
+            return Resolved(None, clearing)
+        info = SessionInfo(session, user, presented.token)
+        remembered = session.remember and not cookies.dont_remember(
+            self.secret, self.cookie_names, request.headers.get("cookie")
+        )
+        expires_in = self.config.session_expires_in
+        due = session.expires_at - expires_in * 1000 + self.config.session_update_age * 1000 <= now_ms
+        if refresh and remembered and due:
+            session = await self.store.extend_session(session, expires_in)
+            info = SessionInfo(session, user, presented.token)
+            return Resolved(info, self.session_cookies(presented.token, remember=True), refreshed=True)
+        return Resolved(info)
+
+    async def require(self, request: Request) -> Resolved:
+        resolved = await self.resolve(request)
+        if resolved.info is None:
+            raise Unauthorized([("set-cookie", value) for value in resolved.set_cookies])
+        return resolved
+
+    async def current_session(self, request: Request) -> SessionInfo | None:
+        """For page handlers: the request's live session, or None. Never refreshes or sets cookies."""
+        return (await self.resolve(request, refresh=False)).info
+
+    def session_cookies(self, token: str, *, remember: bool) -> list[str]:
+        return cookies.session_cookies(self.cookie_names, self.secret, token, self.config.session_expires_in, remember)
+
+    async def jwt_for(self, user: User, session: Session) -> str:
+        key = await self.keyring.signing_key()
+        claims = tokens.claims_for(
+            user.public(), session.id, int(self.clock()), self.config.jwt_ttl, self.config.origin
+        )
+        return tokens.mint(key, claims)
+
+    # responses
+
+    def json(
+        self,
+        body: Any,
+        *,
+        set_cookies: list[str] | None = None,
+        auth_token: str | None = None,
+        auth_jwt: str | None = None,
+        status: int = 200,
+        extra: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        response = JSONResponse(body, status_code=status, headers=extra)
+        for value in set_cookies or []:
+            response.headers.append("set-cookie", value)
+        exposed = []
+        if auth_token is not None:
+            # The signed value, not URL-encoded (reference 2.6).
+            response.headers["set-auth-token"] = cookies.sign(self.secret, auth_token)
+            exposed.append("set-auth-token")
+        if auth_jwt is not None:
+            response.headers["set-auth-jwt"] = auth_jwt
+            exposed.append("set-auth-jwt")
+        if exposed:
+            response.headers["access-control-expose-headers"] = ", ".join(exposed)
+        return response
+
+
+def check(error: IdentityError | None) -> None:
+    if error is not None:
+        raise error
