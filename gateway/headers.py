@@ -1,0 +1,269 @@
+"""Header rewriting between client and upstream. Pure functions: data in, header lists out (pomerium's shape).
+
+Request headers (client -> upstream), :func:`upstream_headers`:
+
+* Framing is the gateway's own: the client's ``Content-Length``/``Transfer-Encoding`` are validated and dropped;
+  the upstream client re-frames the streamed body (``Content-Length`` when the client declared one, else
+  chunked). Both together is a smuggling signature and refused (RFC 9112 §6.3), as are two ``Host`` headers
+  (RFC 9112 §3.2) and a ``Content-Length`` that is not one plain decimal number (RFC 9110 §8.6).
+* Hop-by-hop headers (RFC 9110 §7.6.1) and every header a ``Connection`` header nominates are removed.
+* Headers the gateway owns (identity, request id, proof, ``X-Forwarded-*``) are removed in every spelling:
+  names are compared case-insensitively *and* with ``_`` read as ``-``, because many backends (CGI/WSGI
+  ``HTTP_X_USER_ID``, nginx with ``underscores_in_headers``) read ``X_User_Id`` as ``X-User-Id``
+  (oauth2-proxy CVE-2025-64484).
+* Headers some frameworks honour to re-read the method or path after the gateway decided on them
+  (``X-HTTP-Method-Override``, ``X-Original-URL``, ...) are removed: the access decision is made on exactly
+  what is forwarded (issue 4, "One canonical path").
+* ``Host`` becomes the upstream's own authority (set by the upstream client); the client's goes to
+  ``X-Forwarded-Host``.
+* ``X-Forwarded-For``/``-Proto``/``-Host`` come from the TCP peer; a client's values are believed only when the
+  peer is a configured trusted proxy, and then the peer is appended to its ``X-Forwarded-For``.
+* Then exactly one ``X-Request-Id``, ``X-User-Id``, ``X-User-Email`` (absent on anonymous requests) and
+  ``X-Edge-Proof`` are appended.
+
+Response headers (upstream -> client), :func:`downstream_headers`: hop-by-hop and ``Connection``-nominated
+headers are removed, everything else is kept as the raw list (repeated ``Set-Cookie`` stay separate, and
+``Content-Encoding`` is untouched because the body is forwarded raw).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway import proof
+from gateway.errors import BadRequest, ConflictingFraming
+
+Header = tuple[bytes, bytes]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: RFC 9110 §7.6.1 (plus ``Proxy-Connection``, which clients still send, and the RFC 2616 §13.5.1 proxy
+#: authentication pair, which is meant for the gateway, never the upstream).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+_OWNED = frozenset(name.encode() for name in proof.OWNED_HEADERS)
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+#: Never forwarded from a client. ``Expect`` is answered by the gateway's own server (100-continue) and means
+#: nothing to the upstream client; ``Forwarded``/``X-Real-IP`` would be a second, unchecked client-address
+#: source next to the ``X-Forwarded-For`` the gateway sets; the overrides re-route or re-method a request
+#: after the access decision (Symfony/IIS ``X-Original-URL``, Rails/Express ``X-HTTP-Method-Override``).
+_ALWAYS_DROPPED = (
+    HOP_BY_HOP
+    | _OWNED
+    | _FORWARDED
+    | {
+        b"host",
+        b"content-length",
+        b"expect",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
+#: Response headers the gateway replaces: its own server adds ``Date``; the request id is the gateway's.
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"date", b"x-request-id"}
+
+
+def normalize(name: bytes) -> bytes:
+    """The name as a lenient backend reads it: lower case, ``_`` as ``-``."""
+    return name.lower().replace(b"_", b"-")
+
+
+def _tokens(values: Iterable[bytes]) -> set[bytes]:
+    """Header names listed in ``Connection`` values (RFC 9110 §7.6.1), normalised."""
+    return {normalize(token.strip()) for value in values for token in value.split(b",") if token.strip()}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the gateway vouches for on one request; ``user_id`` None means anonymous (a public route)."""
+
+    user_id: str | None
+    email: str | None
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    """What the gateway knows about the connection, from the ASGI scope (never from client headers)."""
+
+    peer: str | None  # the TCP peer's IP address; None on a Unix socket
+    scheme: str  # "http" or "https": how the client reached the gateway
+    trusted_proxies: Sequence[IPNetwork] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamHeaders:
+    headers: list[Header]
+    #: The client's declared body length; None when the body is chunked or absent (see ``has_body``).
+    content_length: int | None
+    #: Whether a body follows the head at all (RFC 9112 §6.3: only Content-Length or Transfer-Encoding say so).
+    has_body: bool
+
+
+def is_trusted(peer: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    if peer is None or not trusted:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def _content_length(values: list[bytes]) -> int | None:
+    if not values:
+        return None
+    # One plain decimal number. "42, 42" or two identical headers are legal to merge (RFC 9110 §8.6) but
+    # appear only in smuggling attempts; refusing costs no real client anything.
+    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > 18:
+        raise BadRequest("invalid Content-Length")
+    return int(values[0])
+
+
+def _claim_bytes(value: str) -> bytes:
+    """A claim as a header value. Backends (and :class:`gateway.proof.ProofVerifier`) read header bytes as
+    latin-1, so the claim is sent as latin-1 and proven as the same string; a claim that latin-1 cannot carry,
+    or with controls (header injection) or edge whitespace (stripped by parsers as OWS), is refused."""
+    if value != value.strip(" \t") or any(ch < " " or "\x7f" <= ch < "\xa0" for ch in value):
+        raise ValueError("claim not representable in an HTTP header")
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("claim not representable in an HTTP header") from None
+
+
+def upstream_headers(
+    headers: Iterable[Header],
+    *,
+    method: str,
+    target: str,
+    forwarding: Forwarding,
+    identity: Identity,
+    forward_authorization: bool,
+    request_id: str,
+    proof_secret: bytes,
+    timestamp: int,
+) -> UpstreamHeaders:
+    """The header list to send upstream for one request. Raises BadRequest/ConflictingFraming on bad framing,
+    ValueError when a claim cannot be carried in a header (the caller treats that token as invalid)."""
+    headers = list(headers)
+    nominated: set[bytes] = set()
+    content_lengths: list[bytes] = []
+    hosts: list[bytes] = []
+    chunked = False
+    client_xff: list[bytes] = []
+    client_proto: list[bytes] = []
+    client_host: list[bytes] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            nominated |= _tokens([value])
+        elif lowered == b"content-length":
+            content_lengths.append(value.strip())
+        elif lowered == b"transfer-encoding":
+            chunked = True
+        elif lowered == b"host":
+            hosts.append(value)
+        elif lowered == b"x-forwarded-for":
+            client_xff.append(value.strip())
+        elif lowered == b"x-forwarded-proto":
+            client_proto.append(value.strip())
+        elif lowered == b"x-forwarded-host":
+            client_host.append(value.strip())
+    if chunked and content_lengths:
+        raise ConflictingFraming()
+    if len(hosts) > 1:
+        raise BadRequest("more than one Host header")
+    content_length = _content_length(content_lengths)
+
+    dropped = _ALWAYS_DROPPED | nominated
+    if not forward_authorization:
+        dropped = dropped | {b"authorization"}
+    trusted = is_trusted(forwarding.peer, forwarding.trusted_proxies)
+    out: list[Header] = []
+    for name, value in headers:
+        key = normalize(name)
+        if key in dropped:
+            continue
+        # Other X-Forwarded-* (Port, Prefix, Ssl, ...) steer URL building in many frameworks: only a trusted
+        # proxy may set them.
+        if key.startswith(b"x-forwarded-") and not trusted:
+            continue
+        out.append((name.lower(), value))
+
+    if content_length is not None:
+        out.append((b"content-length", str(content_length).encode()))
+    chain = [*client_xff] if trusted else []
+    if forwarding.peer is not None:
+        chain.append(forwarding.peer.encode())
+    if chain:
+        out.append((b"x-forwarded-for", b", ".join(chain)))
+    proto = client_proto[-1] if trusted and len(client_proto) == 1 else forwarding.scheme.encode()
+    out.append((b"x-forwarded-proto", proto))
+    host = client_host[-1] if trusted and len(client_host) == 1 else (hosts[0] if hosts else b"")
+    if host:
+        out.append((b"x-forwarded-host", host))
+
+    out.extend(
+        owned_headers(
+            method=method,
+            target=target,
+            identity=identity,
+            request_id=request_id,
+            proof_secret=proof_secret,
+            timestamp=timestamp,
+        )
+    )
+    return UpstreamHeaders(out, content_length, has_body=chunked or bool(content_length))
+
+
+def owned_headers(
+    *, method: str, target: str, identity: Identity, request_id: str, proof_secret: bytes, timestamp: int
+) -> list[Header]:
+    """Exactly one of each header the gateway owns, and the proof binding them to this request."""
+    user_id = None if identity.user_id is None else _claim_bytes(identity.user_id)
+    email = None if identity.email is None else _claim_bytes(identity.email)
+    signature = proof.sign(
+        proof_secret,
+        method=method,
+        target=target,
+        user_id=identity.user_id,
+        email=identity.email,
+        request_id=request_id,
+        timestamp=timestamp,
+    )
+    out = [(proof.REQUEST_ID_HEADER.encode(), request_id.encode())]
+    if user_id is not None:
+        out.append((proof.USER_ID_HEADER.encode(), user_id))
+    if email is not None:
+        out.append((proof.USER_EMAIL_HEADER.encode(), email))
+    out.append((proof.PROOF_HEADER.encode(), signature.encode()))
+    return out
+
+
+def downstream_headers(headers: Iterable[Header], request_id: str) -> list[Header]:
+    """The upstream's response headers as sent to the client: raw list, hop-by-hop removed, our request id."""
+    headers = list(headers)
+    nominated = _tokens(value for name, value in headers if name.lower() == b"connection")
+    dropped = _RESPONSE_DROPPED | nominated
+    out = [(name.lower(), value) for name, value in headers if normalize(name) not in dropped]
+    out.append((proof.REQUEST_ID_HEADER.encode(), request_id.encode()))
+    return out
