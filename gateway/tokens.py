@@ -1,0 +1,323 @@
+"""Bearer tokens: extraction from the request (RFC 6750 §2.1), verification, and the route's claim checks.
+
+Verification order, each step refusing with :class:`InvalidToken` and a ``reason``:
+
+1. length (``max_token_bytes``) and shape: ASCII, three base64url segments, JSON header and payload objects;
+2. header: ``jku``, ``x5u``, ``jwk``, ``x5c`` (keys come only from the issuer's ``jwks_url``), ``crit`` and
+   ``b64`` are refused outright (RFC 8725 §3.1, RFC 7515 §4.1.11); ``kid`` must be a short printable string;
+3. ``iss`` is read from the *unverified* payload only to pick the issuer config (exact string match); the
+   token's ``alg`` must be in that issuer's allowlist, before any key is fetched (``none``/``HS256`` never are);
+4. the key comes from :class:`gateway.jwks.JwksCache` by ``kid``, bound to ``alg`` (an ES256 header on an
+   EdDSA key is ``alg_mismatch``);
+5. ``jwt.decode`` with that key, ``algorithms`` from the issuer config (never from the token), ``audience``,
+   ``issuer`` and ``require = exp, iat, iss, aud, sub``;
+6. our own strict claim checks against the injected clock: ``exp``/``iat``/``nbf`` are JSON numbers (not
+   strings or booleans, which PyJWT would coerce) checked with ``leeway`` (PyJWT reads the wall clock, so its
+   time checks are off); ``sub`` a non-empty string that can be sent as a header value; ``email``/``sid``
+   strings when present.
+
+Successful verifications are cached (bounded LRU, keyed by the token's SHA-256) until ``exp``, so a client
+with a valid token costs a hash and a lookup. A cached entry also remembers which key verified it and is
+dropped when that key leaves the issuer's JWKS. Deterministic failures (bad signature, malformed, ...) are
+remembered in a small bounded cache for a minute, so a client retrying a bad token does not cost a signature
+check each time; failures that time or key rotation can change (``unknown_kid``, ``not_yet_valid``) are not.
+``is_revoked`` is consulted on every call, cached or not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cachetools import TLRUCache, TTLCache
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
+
+from gateway.config import IssuerConfig
+from gateway.errors import Forbidden, InvalidRequest, InvalidToken
+from gateway.jwks import JwksCache, key_fingerprint
+from gateway.routing import RouteMatch
+
+MAX_TOKEN_BYTES = 8192
+REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
+_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/")
+_NEGATIVE_REASONS = frozenset(
+    {"malformed", "bad_header", "alg_not_allowed", "alg_mismatch", "bad_signature", "bad_issuer", "bad_audience"}
+    | {"missing_claim", "bad_claim", "expired"}
+)
+
+
+def extract_bearer(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token of a request, from raw ASGI headers.
+
+    * no ``Authorization`` header, or one with another scheme (``Basic``...): None (the caller answers 401 with a
+      bare ``Bearer`` challenge, RFC 6750 §3.1);
+    * two or more ``Authorization`` headers: :class:`InvalidRequest` (which one would a backend read?);
+    * ``Bearer`` with no credentials, or with several words: :class:`InvalidRequest`;
+    * credentials that are not an RFC 6750 ``b64token``: :class:`InvalidToken` ``malformed``.
+
+    The scheme is case-insensitive (RFC 9110 §11.1); one or more spaces may separate it from the token.
+    """
+    values = [value for name, value in headers if name.lower() == b"authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest("more than one Authorization header")
+    value = values[0].decode("latin-1").strip(" \t")
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    credentials = credentials.lstrip(" ")
+    if not credentials:
+        raise InvalidRequest("the Bearer scheme needs a token")
+    if " " in credentials or "\t" in credentials or "," in credentials:
+        raise InvalidRequest("the Authorization header must hold exactly one bearer token")
+    body = credentials.rstrip("=")
+    if not body or any(ch not in _B64TOKEN for ch in body):
+        raise InvalidToken("malformed")
+    return credentials
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified claims the gateway acts on. ``raw`` is the whole verified payload."""
+
+    sub: str
+    iss: str
+    exp: int
+    email: str | None
+    sid: str | None
+    raw: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Verified:
+    claims: Claims
+    issuer: str
+    key_fingerprint: str
+    expires_at: float
+
+
+def _segment(data: bytes) -> Any:
+    if not data or any(byte not in _B64URL for byte in data):
+        raise InvalidToken("malformed")
+    try:
+        decoded = base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+        value = json.loads(decoded)
+    except (binascii.Error, ValueError, RecursionError):
+        raise InvalidToken("malformed") from None
+    if not isinstance(value, dict):
+        raise InvalidToken("malformed")
+    return value
+
+
+def _number(payload: Mapping[str, Any], name: str) -> float | None:
+    if name not in payload:
+        return None
+    value = payload[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken("bad_claim", f"the token's {name} claim is not a number")
+    return float(value)
+
+
+def _header_safe(value: str) -> bool:
+    """Claims forwarded as header values (X-User-Id, X-User-Email) must be visible ASCII or non-control text
+    that survives latin-1/UTF-8 header encoding without CR, LF, NUL or other controls (header injection)."""
+    return all(ch == " " or (ch.isprintable() and not ch.isspace()) for ch in value)
+
+
+def _claims(payload: Mapping[str, Any], now: float, leeway: int) -> Claims:
+    exp = _number(payload, "exp")
+    iat = _number(payload, "iat")
+    nbf = _number(payload, "nbf")
+    if exp is None or iat is None:
+        raise InvalidToken("missing_claim")
+    if exp <= now - leeway:
+        raise InvalidToken("expired")
+    if nbf is not None and nbf > now + leeway:
+        raise InvalidToken("not_yet_valid")
+    if iat > now + leeway:
+        raise InvalidToken("not_yet_valid", "the token was issued in the future")
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 255 or not _header_safe(sub) or sub != sub.strip():
+        raise InvalidToken("bad_claim", "the token's sub claim is not a usable subject")
+    email = payload.get("email")
+    if email is not None and (not isinstance(email, str) or len(email) > 320 or not _header_safe(email)):
+        raise InvalidToken("bad_claim", "the token's email claim is malformed")
+    sid = payload.get("sid")
+    if sid is not None and not isinstance(sid, str):
+        raise InvalidToken("bad_claim", "the token's sid claim is malformed")
+    return Claims(sub=sub, iss=payload["iss"], exp=int(exp), email=email, sid=sid, raw=payload)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the configured issuers; see the module docstring for the rules.
+
+    ``hits``/``misses`` count verified-token cache lookups (a miss is a full verification attempt)."""
+
+    def __init__(
+        self,
+        issuers: Sequence[IssuerConfig],
+        keys: JwksCache,
+        *,
+        leeway: int = 30,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 100_000,
+        max_token_bytes: int = MAX_TOKEN_BYTES,
+        is_revoked: Callable[[Claims], bool] | None = None,
+        negative_cache_size: int = 10_000,
+        negative_ttl: float = 60.0,
+    ) -> None:
+        self._issuers = {config.issuer: config for config in issuers}
+        self._keys = keys
+        self._leeway = leeway
+        self._clock = clock
+        self._max_token_bytes = max_token_bytes
+        self._is_revoked = is_revoked
+        self._cache: TLRUCache[bytes, _Verified] | None = (
+            TLRUCache(maxsize=cache_size, ttu=lambda _key, value, _now: value.expires_at, timer=clock)
+            if cache_size > 0
+            else None
+        )
+        self._negative: TTLCache[bytes, InvalidToken] | None = (
+            TTLCache(maxsize=negative_cache_size, ttl=negative_ttl, timer=clock) if negative_cache_size > 0 else None
+        )
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def cache_size(self) -> int:
+        return 0 if self._cache is None else len(self._cache)
+
+    async def verify(self, token: str) -> Claims:
+        """The verified claims of ``token``, or :class:`InvalidToken` (or :class:`ServiceUnavailable` from the key
+        cache when the issuer has no usable keys)."""
+        if len(token) > self._max_token_bytes:
+            raise InvalidToken("oversized")
+        if not token.isascii():
+            raise InvalidToken("malformed")
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        verified = self._cached(digest)
+        if verified is None:
+            self.misses += 1
+            failure = self._negative.get(digest) if self._negative is not None else None
+            if failure is not None:
+                raise InvalidToken(failure.reason, failure.message)
+            try:
+                verified = await self._verify(token)
+            except InvalidToken as exc:
+                if self._negative is not None and exc.reason in _NEGATIVE_REASONS:
+                    self._negative[digest] = exc
+                raise
+            if self._cache is not None:
+                self._cache[digest] = verified
+        else:
+            self.hits += 1
+        if self._is_revoked is not None and self._is_revoked(verified.claims):
+            raise InvalidToken("revoked")
+        return verified.claims
+
+    def _cached(self, digest: bytes) -> _Verified | None:
+        if self._cache is None:
+            return None
+        verified = self._cache.get(digest)
+        if verified is None:
+            return None
+        if verified.key_fingerprint not in self._keys.fingerprints(verified.issuer):
+            # The key that verified it was rotated out (or the issuer's keys are unusable): verify afresh.
+            self._cache.pop(digest, None)
+            return None
+        return verified
+
+    async def _verify(self, token: str) -> _Verified:
+        parts = token.encode("ascii").split(b".")
+        if len(parts) != 3:
+            raise InvalidToken("malformed")
+        header = _segment(parts[0])
+        if any(name in header for name in _FORBIDDEN_HEADERS):
+            raise InvalidToken("bad_header")
+        payload = _segment(parts[1])
+        alg = header.get("alg")
+        kid = header.get("kid")
+        if not isinstance(alg, str):
+            raise InvalidToken("malformed")
+        if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > 256 or not kid.isprintable()):
+            raise InvalidToken("malformed")
+        iss = payload.get("iss")
+        if iss is None:
+            raise InvalidToken("missing_claim", "the token has no iss claim")
+        config = self._issuers.get(iss) if isinstance(iss, str) else None
+        if config is None:
+            raise InvalidToken("bad_issuer")
+        if alg not in config.algorithms:
+            raise InvalidToken("alg_not_allowed")
+        if not parts[2]:
+            raise InvalidToken("malformed")
+        key = await self._keys.get_key(config.issuer, kid, alg)
+        try:
+            verified_payload: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(config.algorithms),
+                audience=list(config.audiences),
+                issuer=config.issuer,
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    # Time checks are ours (strict types, injected clock); PyJWT would read the wall clock.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("bad_signature") from None
+        except jwt.InvalidAlgorithmError:
+            raise InvalidToken("alg_mismatch") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken("missing_claim", f"the token lacks the {exc.claim} claim") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("bad_audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("bad_issuer") from None
+        except (InvalidSubjectError, InvalidJTIError):
+            raise InvalidToken("bad_claim") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("malformed") from None
+        claims = _claims(verified_payload, self._clock(), self._leeway)
+        return _Verified(
+            claims=claims,
+            issuer=config.issuer,
+            key_fingerprint=key_fingerprint(key),
+            expires_at=float(claims.exp),
+        )
+
+
+def authorize(match: RouteMatch, claims: Claims) -> None:
+    """The route's access rules for verified claims (pure). Raises :class:`Forbidden` (403 insufficient_scope).
+
+    * ``issuers``: the token's issuer must be one the route accepts;
+    * ``owner``: the path's ``{user_id}`` must equal ``sub`` exactly (no case folding, no normalisation: the
+      path was canonicalised by :func:`gateway.routing.canonical_path`);
+    * ``required_claims``: each claim equals the required value, or is a list containing it. ``True`` never
+      matches ``1`` (JSON booleans are not numbers).
+    """
+    route = match.route
+    if route.issuers is not None and claims.iss not in route.issuers:
+        raise Forbidden("this route does not accept tokens from that issuer")
+    if route.auth == "owner" and match.params.get("user_id") != claims.sub:
+        raise Forbidden("the token's subject does not own this resource")
+    for name, required in route.required_claims.items():
+        actual = claims.raw.get(name)
+        values = actual if isinstance(actual, list) else [actual]
+        if not any(type(value) is type(required) and value == required for value in values):
+            raise Forbidden(f"the token lacks the required {name} claim")

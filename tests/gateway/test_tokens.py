@@ -1,0 +1,441 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.config import RouteConfig
+from gateway.errors import Forbidden, InvalidRequest, InvalidToken, ServiceUnavailable
+from gateway.jwks import JwksCache
+from gateway.routing import RouteMatch
+from gateway.tokens import Claims, TokenVerifier, authorize, extract_bearer
+from tests.gateway.conftest import (
+    AUDIENCE,
+    DROP,
+    EMAIL,
+    ISSUER,
+    SUBJECT,
+    FakeClock,
+    JwksEndpoint,
+    SigningKey,
+    b64,
+    claims_for,
+    issuer_config,
+    make_key,
+    mint,
+    resign_header,
+    unsigned,
+)
+
+pytestmark = pytest.mark.anyio
+NOW = 1_700_000_000.0
+
+
+class Setup:
+    def __init__(self, key: SigningKey, endpoint: JwksEndpoint, verifier: TokenVerifier, clock: FakeClock) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.verifier = verifier
+        self.clock = clock
+
+    def mint(self, **kwargs: Any) -> str:
+        return mint(self.key, now=self.clock.now, **kwargs)
+
+
+@pytest.fixture
+async def setup(signing_key: SigningKey) -> AsyncIterator[Setup]:
+    endpoint = JwksEndpoint()
+    others = [make_key(alg, f"other-{alg}") for alg in ("EdDSA", "ES256") if alg != signing_key.alg]
+    endpoint.serve(signing_key, *others)
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        await keys.start(refresh_interval=None)
+        clock = FakeClock(NOW)
+        yield Setup(signing_key, endpoint, TokenVerifier([issuer_config()], keys, clock=clock), clock)
+
+
+async def test_valid_token(setup: Setup) -> None:
+    claims = await setup.verifier.verify(setup.mint(sid="s-1"))
+    assert claims == Claims(
+        sub=SUBJECT,
+        iss=ISSUER,
+        exp=int(NOW) + 300,
+        email=EMAIL,
+        sid="s-1",
+        raw=claims_for(NOW, sid="s-1"),
+    )
+
+
+def hs256_with_public_key(key: SigningKey, claims: dict[str, Any]) -> str:
+    """Algorithm confusion (RFC 8725 §2.1): HMAC keyed with the verifier's public key."""
+    pem = key.private_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
+    payload = b64(json.dumps(claims).encode())
+    signature = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
+
+
+def tamper_payload(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(jwt_b64decode(payload))
+    claims["sub"] = "admin"
+    return ".".join((header, b64(json.dumps(claims).encode()), signature))
+
+
+def tamper_signature(token: str) -> str:
+    header, payload, signature = token.split(".")
+    raw = bytearray(jwt_b64decode(signature))
+    raw[0] ^= 1
+    return ".".join((header, payload, b64(bytes(raw))))
+
+
+def jwt_b64decode(segment: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+Case = Callable[[Setup], str]
+T = NOW  # issued-at used by the cases below
+
+INVALID: list[Any] = [
+    # required claims missing
+    pytest.param(lambda s: s.mint(exp=DROP), "missing_claim", id="exp missing"),
+    pytest.param(lambda s: s.mint(iat=DROP), "missing_claim", id="iat missing"),
+    pytest.param(lambda s: s.mint(iss=DROP), "missing_claim", id="iss missing"),
+    pytest.param(lambda s: s.mint(aud=DROP), "missing_claim", id="aud missing"),
+    pytest.param(lambda s: s.mint(sub=DROP), "missing_claim", id="sub missing"),
+    pytest.param(lambda s: s.mint(sub=None), "missing_claim", id="sub null"),
+    pytest.param(lambda s: s.mint(aud=[]), "missing_claim", id="aud empty list"),
+    # wrong types
+    pytest.param(lambda s: s.mint(exp=str(int(T) + 300)), "bad_claim", id="exp as string"),
+    pytest.param(lambda s: s.mint(exp=True), "bad_claim", id="exp boolean"),
+    pytest.param(lambda s: s.mint(exp=float("inf")), "bad_claim", id="exp infinity"),
+    pytest.param(lambda s: s.mint(iat="now"), "bad_claim", id="iat string"),
+    pytest.param(lambda s: s.mint(nbf=[1]), "bad_claim", id="nbf list"),
+    pytest.param(lambda s: s.mint(sub=123), "bad_claim", id="sub number"),
+    pytest.param(lambda s: s.mint(sub=""), "bad_claim", id="sub empty"),
+    pytest.param(lambda s: s.mint(sub="a\r\nX-Admin: 1"), "bad_claim", id="sub with CRLF (header injection)"),
+    pytest.param(lambda s: s.mint(sub="a\x00"), "bad_claim", id="sub with NUL"),
+    pytest.param(lambda s: s.mint(sub=" alice"), "bad_claim", id="sub with leading space"),
+    pytest.param(lambda s: s.mint(sub="x" * 256), "bad_claim", id="sub too long"),
+    pytest.param(lambda s: s.mint(email=5), "bad_claim", id="email number"),
+    pytest.param(lambda s: s.mint(email="a@b\nc"), "bad_claim", id="email with newline"),
+    pytest.param(lambda s: s.mint(sid=5), "bad_claim", id="sid number"),
+    pytest.param(lambda s: s.mint(iss=5), "bad_issuer", id="iss number"),
+    pytest.param(lambda s: s.mint(aud=5), "bad_audience", id="aud number"),
+    pytest.param(lambda s: s.mint(aud=[AUDIENCE, 5]), "bad_audience", id="aud list with a number"),
+    # time
+    pytest.param(lambda s: s.mint(exp=int(T) - 31), "expired", id="expired beyond leeway"),
+    pytest.param(lambda s: s.mint(exp=int(T) - 30), "expired", id="expired at the leeway edge"),
+    pytest.param(lambda s: s.mint(nbf=int(T) + 31), "not_yet_valid", id="nbf in the future"),
+    pytest.param(lambda s: s.mint(iat=int(T) + 31), "not_yet_valid", id="iat in the future"),
+    # issuer and audience
+    pytest.param(lambda s: s.mint(iss="http://evil.example"), "bad_issuer", id="unknown issuer"),
+    pytest.param(lambda s: s.mint(iss=ISSUER + "/"), "bad_issuer", id="issuer with trailing slash"),
+    pytest.param(lambda s: s.mint(iss=ISSUER.upper()), "bad_issuer", id="issuer case differs"),
+    pytest.param(lambda s: s.mint(aud="http://other"), "bad_audience", id="wrong audience"),
+    pytest.param(lambda s: s.mint(aud=["http://a", "http://b"]), "bad_audience", id="audience list without ours"),
+    # algorithms
+    pytest.param(
+        lambda s: unsigned({"alg": "none", "kid": s.key.kid}, claims_for(T)), "alg_not_allowed", id="alg none"
+    ),
+    pytest.param(
+        lambda s: unsigned({"alg": "None", "kid": s.key.kid}, claims_for(T)), "alg_not_allowed", id="alg None"
+    ),
+    pytest.param(lambda s: hs256_with_public_key(s.key, claims_for(T)), "alg_not_allowed", id="HS256 confusion"),
+    pytest.param(lambda s: s.mint(alg="ES384"), "alg_not_allowed", id="alg not in allowlist"),
+    pytest.param(lambda s: s.mint(alg="PS256"), "alg_not_allowed", id="RSA-PSS not allowed"),
+    pytest.param(
+        lambda s: s.mint(headers={"kid": "other-EdDSA" if s.key.alg != "EdDSA" else "other-ES256"}),
+        "alg_mismatch",
+        id="alg of another key's type",
+    ),
+    pytest.param(
+        lambda s: s.mint(alg=next(a for a in ("EdDSA", "ES256") if a != s.key.alg)),
+        "alg_mismatch",
+        id="allowed alg that is not the key's",
+    ),
+    pytest.param(lambda s: resign_header(s.mint(), {"kid": s.key.kid}), "malformed", id="alg missing"),
+    pytest.param(lambda s: resign_header(s.mint(), {"alg": 256, "kid": s.key.kid}), "malformed", id="alg number"),
+    # headers that would bring their own key
+    pytest.param(lambda s: s.mint(headers={"jku": "http://evil/jwks"}), "bad_header", id="jku"),
+    pytest.param(lambda s: s.mint(headers={"x5u": "http://evil/cert"}), "bad_header", id="x5u"),
+    pytest.param(lambda s: s.mint(headers={"jwk": s.key.jwk}), "bad_header", id="embedded jwk"),
+    pytest.param(lambda s: s.mint(headers={"x5c": ["MIIB"]}), "bad_header", id="x5c"),
+    pytest.param(lambda s: s.mint(headers={"crit": ["exp"], "exp": 1}), "bad_header", id="crit"),
+    pytest.param(lambda s: s.mint(headers={"b64": False}), "bad_header", id="b64 false"),
+    # kid injection
+    pytest.param(lambda s: s.mint(headers={"kid": "../../../../etc/passwd"}), "unknown_kid", id="kid path traversal"),
+    pytest.param(lambda s: s.mint(headers={"kid": "http://evil/key.json"}), "unknown_kid", id="kid URL"),
+    pytest.param(lambda s: s.mint(headers={"kid": "' OR 1=1 --"}), "unknown_kid", id="kid SQL"),
+    pytest.param(lambda s: resign_header(s.mint(), {"alg": s.key.alg, "kid": 7}), "malformed", id="kid number"),
+    pytest.param(lambda s: s.mint(headers={"kid": ""}), "malformed", id="kid empty"),
+    pytest.param(lambda s: s.mint(headers={"kid": "a\nb"}), "malformed", id="kid newline"),
+    pytest.param(lambda s: s.mint(headers={"kid": "k" * 300}), "malformed", id="kid too long"),
+    pytest.param(lambda s: s.mint(drop_headers=("kid",)), "unknown_kid", id="no kid with several keys"),
+    # tampering
+    pytest.param(lambda s: tamper_payload(s.mint()), "bad_signature", id="tampered payload"),
+    pytest.param(lambda s: tamper_signature(s.mint()), "bad_signature", id="tampered signature"),
+    pytest.param(lambda s: s.mint().rsplit(".", 1)[0] + ".", "malformed", id="signature stripped"),
+    pytest.param(lambda s: s.mint().rsplit(".", 1)[0], "malformed", id="two segments"),
+    pytest.param(lambda s: s.mint() + ".x.y", "malformed", id="five segments (JWE shape)"),
+    pytest.param(lambda s: s.mint().replace(".", "=.", 1), "malformed", id="padded header"),
+    pytest.param(
+        lambda s: ".".join((s.mint().split(".")[0], b64(b"\xff\xfe{}"), "AAAA")), "malformed", id="non-UTF-8 payload"
+    ),
+    pytest.param(
+        lambda s: ".".join((b64(b"[1]"), b64(json.dumps(claims_for(T)).encode()), "AAAA")),
+        "malformed",
+        id="header not an object",
+    ),
+    pytest.param(lambda s: ".".join((b64(b"{"), "e30", "AAAA")), "malformed", id="header not JSON"),
+    pytest.param(lambda s: "a.b!.c", "malformed", id="not base64url"),
+    pytest.param(lambda s: "\u00e9" + s.mint(), "malformed", id="non-ASCII token"),
+    pytest.param(lambda s: s.mint(pad="x" * 9000), "oversized", id="oversized token"),
+]
+
+
+@pytest.mark.parametrize(("make", "reason"), INVALID)
+async def test_invalid_tokens(setup: Setup, make: Case, reason: str) -> None:
+    token = make(setup)
+    with pytest.raises(InvalidToken) as caught:
+        await setup.verifier.verify(token)
+    assert caught.value.reason == reason
+    assert token not in caught.value.message
+    for header in caught.value.headers("gateway"):
+        assert token not in header[1]
+
+
+VALID: list[Any] = [
+    pytest.param({"exp": int(T) - 29}, id="expired within leeway"),
+    pytest.param({"nbf": int(T) + 29}, id="nbf within leeway"),
+    pytest.param({"iat": int(T) + 29}, id="iat within leeway"),
+    pytest.param({"aud": ["http://other", AUDIENCE]}, id="audience list containing ours"),
+    pytest.param({"exp": T + 300.5, "iat": T - 0.5}, id="fractional NumericDate"),
+    pytest.param({"email": DROP}, id="no email"),
+    pytest.param({"sub": "\u00e9l\u00e8ve"}, id="non-ASCII sub"),
+    pytest.param({"extra": {"nested": [1, 2]}}, id="extra claims kept"),
+]
+
+
+@pytest.mark.parametrize("claims", VALID)
+async def test_valid_variants(setup: Setup, claims: dict[str, Any]) -> None:
+    result = await setup.verifier.verify(setup.mint(**claims))
+    assert result.iss == ISSUER
+    assert result.raw == claims_for(NOW, **claims)
+
+
+async def test_alg_not_in_a_narrower_allowlist(setup: Setup) -> None:
+    allowed = "EdDSA" if setup.key.alg != "EdDSA" else "ES256"
+    config = issuer_config(algorithms=(allowed,))
+    verifier = TokenVerifier([config], setup.verifier._keys, clock=setup.clock)
+    with pytest.raises(InvalidToken) as caught:
+        await verifier.verify(setup.mint())
+    assert caught.value.reason == "alg_not_allowed"
+
+
+async def test_kid_less_token_with_a_single_key(signing_key: SigningKey) -> None:
+    endpoint = JwksEndpoint()
+    endpoint.serve(signing_key)
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        clock = FakeClock(NOW)
+        verifier = TokenVerifier([issuer_config()], keys, clock=clock)
+        claims = await verifier.verify(mint(signing_key, now=NOW, drop_headers=("kid",)))
+        assert claims.sub == SUBJECT
+
+
+async def test_cache_hits_until_exp(setup: Setup) -> None:
+    token = setup.mint(ttl=100)
+    await setup.verifier.verify(token)
+    assert (setup.verifier.hits, setup.verifier.misses) == (0, 1)
+    setup.endpoint.error = RuntimeError("a cache hit must not fetch")
+    for _ in range(5):
+        await setup.verifier.verify(token)
+    assert (setup.verifier.hits, setup.verifier.misses) == (5, 1)
+    assert setup.verifier.cache_size == 1
+    setup.clock.advance(100)  # exp reached: the entry is gone, verification runs again (and fails, beyond leeway)
+    setup.clock.advance(30)
+    with pytest.raises(InvalidToken) as caught:
+        await setup.verifier.verify(token)
+    assert caught.value.reason == "expired"
+    assert setup.verifier.misses == 2
+
+
+async def test_cache_is_bounded(setup: Setup) -> None:
+    verifier = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, cache_size=3)
+    for index in range(10):
+        await verifier.verify(setup.mint(jti=str(index)))
+    assert verifier.cache_size == 3
+
+
+async def test_negative_results_are_bounded_and_not_cached_when_they_can_change(setup: Setup) -> None:
+    verifier = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, negative_cache_size=5)
+    for index in range(50):
+        with pytest.raises(InvalidToken):
+            await verifier.verify(tamper_signature(setup.mint(jti=str(index))))
+    assert verifier._negative is not None and len(verifier._negative) == 5
+    assert verifier.cache_size == 0
+    future = setup.mint(nbf=int(NOW) + 60)
+    with pytest.raises(InvalidToken):
+        await verifier.verify(future)
+    setup.clock.advance(60)
+    assert (await verifier.verify(future)).sub == SUBJECT  # not_yet_valid was not remembered
+
+
+async def test_repeated_bad_token_is_refused_from_the_negative_cache(setup: Setup) -> None:
+    token = tamper_signature(setup.mint())
+    for _ in range(3):
+        with pytest.raises(InvalidToken) as caught:
+            await setup.verifier.verify(token)
+        assert caught.value.reason == "bad_signature"
+
+
+async def test_revocation_is_checked_on_every_call(setup: Setup) -> None:
+    revoked: set[str] = set()
+    seen: list[str] = []
+
+    def is_revoked(claims: Claims) -> bool:
+        seen.append(claims.sub)
+        return claims.sub in revoked
+
+    verifier = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, is_revoked=is_revoked)
+    token = setup.mint()
+    await verifier.verify(token)
+    revoked.add(SUBJECT)
+    with pytest.raises(InvalidToken) as caught:
+        await verifier.verify(token)  # a cache hit, still refused
+    assert caught.value.reason == "revoked"
+    assert verifier.hits == 1 and seen == [SUBJECT, SUBJECT]
+
+
+async def test_rotated_out_key_invalidates_cached_verifications(setup: Setup) -> None:
+    token = setup.mint()
+    await setup.verifier.verify(token)
+    replacement = make_key(setup.key.alg, "replacement")
+    setup.endpoint.serve(replacement)
+    await setup.verifier._keys.refresh(ISSUER)
+    with pytest.raises(InvalidToken) as caught:
+        await setup.verifier.verify(token)
+    assert caught.value.reason == "unknown_kid"
+    assert (await setup.verifier.verify(mint(replacement, now=NOW))).sub == SUBJECT
+
+
+async def test_no_usable_keys_is_503_not_401() -> None:
+    endpoint = JwksEndpoint(status=500)
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        verifier = TokenVerifier([issuer_config()], keys, clock=FakeClock(NOW))
+        with pytest.raises(ServiceUnavailable):
+            await verifier.verify(mint(make_key("EdDSA", "k"), now=NOW))
+
+
+async def test_unknown_issuer_and_bad_algorithms_never_fetch_keys() -> None:
+    endpoint = JwksEndpoint()
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        verifier = TokenVerifier([issuer_config()], keys, clock=FakeClock(NOW))
+        key = make_key("EdDSA", "k")
+        for token in (
+            mint(key, now=NOW, iss="http://evil"),
+            unsigned({"alg": "none"}, claims_for(NOW)),
+            hs256_with_public_key(key, claims_for(NOW)),
+        ):
+            with pytest.raises(InvalidToken):
+                await verifier.verify(token)
+        assert endpoint.requests == 0
+
+
+# --- extract_bearer ------------------------------------------------------------------------------------------------
+
+TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([], None, id="no header"),
+        pytest.param([(b"authorization", b"Bearer " + TOKEN.encode())], TOKEN, id="bearer"),
+        pytest.param([(b"Authorization", b"bearer " + TOKEN.encode())], TOKEN, id="case-insensitive scheme and name"),
+        pytest.param([(b"authorization", b"BEARER   " + TOKEN.encode())], TOKEN, id="several spaces"),
+        pytest.param([(b"authorization", b"Bearer abc+/~_-.==")], "abc+/~_-.==", id="b64token alphabet"),
+        pytest.param([(b"authorization", b"Basic dXNlcjpwYXNz")], None, id="another scheme"),
+        pytest.param([(b"authorization", b"Bearertoken")], None, id="no space after scheme"),
+        pytest.param([(b"x-authorization", b"Bearer x")], None, id="other header"),
+    ],
+)
+def test_extract_bearer(headers: list[tuple[bytes, bytes]], expected: str | None) -> None:
+    assert extract_bearer(headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        pytest.param(
+            [(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")], InvalidRequest, id="two headers"
+        ),
+        pytest.param(
+            [(b"authorization", b"Bearer a"), (b"Authorization", b"Basic b")], InvalidRequest, id="two schemes"
+        ),
+        pytest.param([(b"authorization", b"Bearer")], InvalidRequest, id="scheme only"),
+        pytest.param([(b"authorization", b"Bearer    ")], InvalidRequest, id="scheme and spaces"),
+        pytest.param([(b"authorization", b"Bearer a b")], InvalidRequest, id="two tokens"),
+        pytest.param([(b"authorization", b"Bearer a,b")], InvalidRequest, id="comma list"),
+        pytest.param([(b"authorization", b"Bearer a\tb")], InvalidRequest, id="tab inside"),
+        pytest.param([(b"authorization", b'Bearer "abc"')], InvalidToken, id="quoted"),
+        pytest.param([(b"authorization", b"Bearer ===")], InvalidToken, id="padding only"),
+        pytest.param([(b"authorization", b"Bearer a=b")], InvalidToken, id="padding inside"),
+        pytest.param([(b"authorization", b"Bearer \xc3\xa9")], InvalidToken, id="non-ASCII"),
+    ],
+)
+def test_extract_bearer_refuses(headers: list[tuple[bytes, bytes]], error: type[Exception]) -> None:
+    with pytest.raises(error) as caught:
+        extract_bearer(headers)
+    assert b"abc" not in str(caught.value).encode()
+
+
+# --- authorize -----------------------------------------------------------------------------------------------------
+
+
+def claims(**raw: Any) -> Claims:
+    payload = claims_for(NOW, **raw)
+    return Claims(sub=payload["sub"], iss=payload["iss"], exp=payload["exp"], email=None, sid=None, raw=payload)
+
+
+def match(auth: str = "owner", user_id: str | None = SUBJECT, **route: Any) -> RouteMatch:
+    config = RouteConfig(path="/api/{user_id}/{rest:path}", upstream="http://up", auth=auth, **route)  # type: ignore[arg-type]
+    return RouteMatch(route=config, params={} if user_id is None else {"user_id": user_id, "rest": "x"})
+
+
+@pytest.mark.parametrize(
+    ("route_match", "token_claims", "allowed"),
+    [
+        pytest.param(match(), claims(), True, id="owner"),
+        pytest.param(match(user_id="someone-else"), claims(), False, id="owner mismatch"),
+        pytest.param(match(user_id=SUBJECT.upper()), claims(), False, id="owner compared exactly"),
+        pytest.param(match(user_id=None), claims(), False, id="owner without user_id param"),
+        pytest.param(match("authenticated", user_id="x"), claims(), True, id="authenticated ignores user_id"),
+        pytest.param(match(issuers=(ISSUER,)), claims(), True, id="route issuer"),
+        pytest.param(match(issuers=("http://other",)), claims(), False, id="route issuer mismatch"),
+        pytest.param(match(required_claims={"role": "admin"}), claims(role="admin"), True, id="required claim"),
+        pytest.param(match(required_claims={"role": "admin"}), claims(role="user"), False, id="required claim wrong"),
+        pytest.param(match(required_claims={"role": "admin"}), claims(), False, id="required claim missing"),
+        pytest.param(
+            match(required_claims={"role": "admin"}), claims(role=["user", "admin"]), True, id="required in list"
+        ),
+        pytest.param(match(required_claims={"email_verified": True}), claims(email_verified=1), False, id="1 != true"),
+        pytest.param(match(required_claims={"level": 1}), claims(level=True), False, id="true != 1"),
+    ],
+)
+def test_authorize(route_match: RouteMatch, token_claims: Claims, allowed: bool) -> None:
+    if allowed:
+        authorize(route_match, token_claims)
+    else:
+        with pytest.raises(Forbidden):
+            authorize(route_match, token_claims)
