@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, Router
 
 from tasks_backend import trust
 from tasks_backend.config import Config
@@ -58,7 +58,11 @@ def create_app(
         routes=[
             Route("/livez", livez, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Mount("/api/{user_id}", routes=endpoints.routes(), middleware=[Middleware(trust.RequireOwner)]),
+            Mount(
+                "/api/{user_id}",
+                app=Router(endpoints.routes(), redirect_slashes=False),
+                middleware=[Middleware(trust.RequireOwner)],
+            ),
         ],
         middleware=[trust.proof_middleware(config, clock)],
         exception_handlers=EXCEPTION_HANDLERS,
