@@ -1,0 +1,346 @@
+"""The gateway as an ASGI application: :func:`create_app` and the request pipeline (:meth:`Gateway.handle`).
+
+The pipeline reads top to bottom in one method that calls pure modules (STYLE.md, "The shape we aim for"):
+
+    health paths -> canonical path (routing) -> route -> [bearer token -> verify -> authorize] (tokens)
+    -> upstream headers (headers) -> stream to the upstream and back (proxy)
+
+Every refusal is a :class:`gateway.errors.GatewayError`, turned into a response in one place
+(:meth:`Gateway.error_response`): JSON ``{"error", "message", "request_id"}`` plus the error's own headers
+(``WWW-Authenticate`` per RFC 6750, ``Allow`` for 405). Anything else is a bug: logged, answered 500 with the
+same shape. Once the response head has been sent nothing can be answered any more; the error propagates so
+the server aborts the connection and a truncated body cannot pass for a whole one.
+
+It is a plain ASGI callable rather than a Starlette app: there is exactly one endpoint, and streaming,
+disconnect handling and raw header lists are easier to get right without a framework in between. The
+lifespan starts the JWKS cache and closes it and the upstream client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+
+from gateway import accesslog, headers, proxy
+from gateway.config import GatewayConfig, RouteConfig
+from gateway.errors import GatewayError, InvalidToken, MethodNotAllowed, MissingToken, NotFound, ServiceUnavailable
+from gateway.jwks import JwksCache
+from gateway.metrics import CONTENT_TYPE, LIVEZ, METRICS, READYZ, UNMATCHED, Metrics
+from gateway.routing import Router, canonical_path
+from gateway.tokens import TokenVerifier, authorize, extract_bearer
+from gateway.upstream import HttpxUpstream, Timeouts, Upstream, no_cookie_client
+
+logger = logging.getLogger("gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_ANONYMOUS = headers.Identity(user_id=None, email=None)
+_HEALTH_METHODS = ("GET", "HEAD")
+
+
+class _Target:
+    """Per-route values computed once: where to send and how long to wait."""
+
+    __slots__ = ("origin", "timeouts")
+
+    def __init__(self, route: RouteConfig) -> None:
+        self.origin = route.upstream
+        self.timeouts = Timeouts(connect=route.connect_timeout, read=route.timeout)
+
+
+class _Response:
+    """Wraps ``send`` to remember whether (and with which status) the response has started."""
+
+    __slots__ = ("_send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        verifier: TokenVerifier,
+        jwks: JwksCache,
+        upstream: Upstream,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        closers: tuple[Callable[[], Awaitable[None]], ...] = (),
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.jwks = jwks
+        self.upstream = upstream
+        self.metrics = metrics
+        self.clock = clock
+        self.router = Router(config.routes)
+        self._targets = {id(route): _Target(route) for route in config.routes}
+        self._admin = {
+            config.livez_path.encode(): (LIVEZ, self._livez),
+            config.readyz_path.encode(): (READYZ, self._readyz),
+        }
+        if config.metrics_path is not None:
+            self._admin[config.metrics_path.encode()] = (METRICS, self._metrics)
+        self._closers = closers
+        self._cache_counts = (0, 0)
+
+    # --- ASGI --------------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not proxied; closing before accept is a 403 at the server
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Fetch every issuer's keys (failures leave /readyz at 503, they do not stop start-up)."""
+        await self.jwks.start()
+
+    async def shutdown(self) -> None:
+        await self.jwks.aclose()
+        await self.upstream.aclose()
+        for close in self._closers:
+            await close()
+        self.metrics.close()
+
+    # --- the request pipeline ----------------------------------------------------------------------------------
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = secrets.token_hex(16)
+        method: str = scope["method"]
+        respond = _Response(send)
+        record = accesslog.AccessRecord(request_id=request_id, method=method, route=UNMATCHED)
+        try:
+            raw_path: bytes | None = scope.get("raw_path")
+            if raw_path is None:  # every server we run under provides it; the decoded path is never forwarded
+                raise GatewayError("the server did not provide the raw request path")
+            admin = self._admin.get(raw_path)
+            if admin is not None:
+                record.route, endpoint = admin
+                if method not in _HEALTH_METHODS:
+                    raise MethodNotAllowed(_HEALTH_METHODS)
+                await endpoint(respond, request_id)
+                return
+
+            # One canonical path: the decision is made on exactly the bytes that are forwarded (routing.py).
+            match = self.router.match(method, canonical_path(raw_path))
+            if match is None:
+                raise NotFound()
+            route = match.route
+            record.route = route.path
+
+            identity = _ANONYMOUS
+            record.auth = "public"
+            if route.auth != "public":
+                try:
+                    token = extract_bearer(scope["headers"])
+                    if token is None:
+                        raise MissingToken()
+                    claims = await self.verifier.verify(token)
+                    authorize(match, claims)  # per-route issuers, owner: {user_id} == sub exactly, required claims
+                except GatewayError as exc:
+                    record.auth, record.reason = _auth_outcome(exc)
+                    self.metrics.token(record.reason or record.auth)
+                    raise
+                finally:
+                    self._count_cache()
+                record.auth, record.user = "valid", claims.sub
+                self.metrics.token("valid")
+                identity = headers.Identity(user_id=claims.sub, email=claims.email)
+
+            query: bytes = scope.get("query_string", b"")
+            target = raw_path + b"?" + query if query else raw_path
+            client = scope.get("client")
+            try:
+                forwarded = headers.upstream_headers(
+                    scope["headers"],
+                    method=method,
+                    target=target.decode("latin-1"),
+                    forwarding=headers.Forwarding(
+                        peer=client[0] if client else None,
+                        scheme=scope.get("scheme", "http"),
+                        trusted_proxies=self.config.trusted_proxies,
+                    ),
+                    identity=identity,
+                    forward_authorization=route.forward_token,
+                    request_id=request_id,
+                    proof_secret=self.config.proof_secrets[0],
+                    timestamp=int(self.clock()),
+                )
+            except ValueError:  # a verified claim that cannot travel in a header
+                raise InvalidToken("bad_claim") from None
+
+            upstream = self._targets[id(route)]
+            await proxy.forward(
+                self.upstream,
+                method=method,
+                origin=upstream.origin,
+                target=target,
+                headers=forwarded,
+                max_body_bytes=route.max_body_bytes,
+                timeouts=upstream.timeouts,
+                request_id=request_id,
+                receive=receive,
+                send=respond,
+            )
+        except proxy.ClientDisconnected:
+            record.error = "client_disconnected"
+            respond.status = 499  # nginx's code for "client closed request"; nothing was or can be sent
+        except GatewayError as exc:
+            record.error = exc.error
+            if respond.status:
+                raise  # the head is out: abort the connection (see module docstring)
+            await self.error_response(respond, exc, request_id)
+        except Exception:
+            record.error = "internal_error"
+            logger.exception("unexpected error handling request %s", request_id)
+            if respond.status:
+                raise
+            await self.error_response(respond, GatewayError(), request_id)
+        finally:
+            record.status = respond.status
+            elapsed = time.perf_counter() - started
+            self.metrics.request(record.route, respond.status, elapsed)
+            accesslog.emit(record, elapsed * 1000)
+
+    def _count_cache(self) -> None:
+        """Move the verifier's cache counters into Prometheus (counted per worker, summed at scrape)."""
+        hits, misses = self.verifier.hits, self.verifier.misses
+        self.metrics.cache(hits - self._cache_counts[0], misses - self._cache_counts[1])
+        self._cache_counts = (hits, misses)
+
+    # --- responses the gateway makes itself --------------------------------------------------------------------
+
+    async def error_response(self, send: Send, exc: GatewayError, request_id: str) -> None:
+        body = json.dumps({"error": exc.error, "message": exc.message, "request_id": request_id}).encode()
+        extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers(self.config.realm)]
+        extra.append((b"cache-control", b"no-store"))  # RFC 6750 §3: token errors must not be cached
+        await _send_body(send, exc.status, body, b"application/json", request_id, extra)
+
+    async def _livez(self, send: Send, request_id: str) -> None:
+        await _send_json(send, 200, {"status": "ok"}, request_id)
+
+    async def _readyz(self, send: Send, request_id: str) -> None:
+        if self.jwks.ready():
+            await _send_json(send, 200, {"status": "ok"}, request_id)
+        else:
+            await _send_json(send, 503, {"status": "unavailable", "reason": "an issuer has no usable keys"}, request_id)
+
+    async def _metrics(self, send: Send, request_id: str) -> None:
+        await _send_body(send, 200, self.metrics.render(), CONTENT_TYPE.encode(), request_id)
+
+
+def _auth_outcome(exc: GatewayError) -> tuple[accesslog.AuthOutcome, str | None]:
+    if isinstance(exc, MissingToken):
+        return "missing", None
+    if isinstance(exc, InvalidToken):
+        return "invalid", exc.reason
+    if isinstance(exc, ServiceUnavailable):
+        return "unavailable", None
+    if exc.status == 403:
+        return "forbidden", None
+    return "invalid", exc.error  # InvalidRequest: two Authorization headers, an empty Bearer
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, str], request_id: str) -> None:
+    await _send_body(send, status, json.dumps(payload).encode(), b"application/json", request_id)
+
+
+async def _send_body(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    head = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    verifier: TokenVerifier | None = None,
+    jwks: JwksCache | None = None,
+    upstream: Upstream | None = None,
+    clock: Callable[[], float] | None = None,
+    metrics: Metrics | None = None,
+    jwks_transport: httpx.AsyncBaseTransport | None = None,
+) -> Gateway:
+    """Build the gateway. Every dependency may be passed in (tests pass a clock, a JWKS transport, an upstream);
+    the defaults are the production ones. ``clock`` is wall-clock seconds (token times, proof timestamps)."""
+    clock = clock or time.time
+    closers: list[Callable[[], Awaitable[None]]] = []
+    metrics = metrics or Metrics()
+    if jwks is None:
+        client = no_cookie_client(transport=jwks_transport)
+        closers.append(client.aclose)
+        wall = clock
+
+        def on_fetch(issuer: str, outcome: str) -> None:
+            metrics.jwks_fetch(issuer, outcome)
+            if outcome == "ok":
+                metrics.keys_fetched(issuer, wall())
+
+        jwks = JwksCache(config.issuers, client, on_fetch=on_fetch)
+    if verifier is None:
+        verifier = TokenVerifier(
+            config.issuers,
+            jwks,
+            leeway=config.leeway,
+            clock=clock,
+            cache_size=config.token_cache_size,
+            max_token_bytes=config.max_token_bytes,
+        )
+    return Gateway(
+        config,
+        verifier=verifier,
+        jwks=jwks,
+        upstream=upstream or HttpxUpstream(),
+        metrics=metrics,
+        clock=clock,
+        closers=tuple(closers),
+    )

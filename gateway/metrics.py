@@ -1,0 +1,133 @@
+"""Prometheus metrics, correct under ``--workers N`` (issue 4, "Operations").
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (the CLI sets it to a temporary directory when it starts several
+workers) every worker writes its samples to memory-mapped files there, and whichever worker answers a scrape
+aggregates all of them (prometheus_client's multiprocess mode). The variable must be set before
+``prometheus_client`` is imported in the worker, which is why the CLI sets it before uvicorn spawns them.
+
+Labels are bounded: ``route`` is a configured route template or one of the ``(...)`` names below, never a raw
+path; ``status`` is a status code; token ``outcome`` is ``valid``, ``missing`` or an ``InvalidToken.reason``.
+
+Key age is exported as the time since each issuer's keys were last fetched successfully, computed at scrape
+time from the per-worker fetch timestamps (the oldest worker's keys count), because a gauge written only by
+the scraped worker would be stale in every other worker's file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+#: ``route`` label values for requests that matched no configured route.
+UNMATCHED = "(unmatched)"
+LIVEZ, READYZ, METRICS = "(livez)", "(readyz)", "(metrics)"
+
+# The ``*_created`` series double every counter's output and are not kept in multiprocess mode anyway.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_KEYS_UPDATED = "gateway_jwks_keys_updated_timestamp_seconds"
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The gateway's metrics in a registry of their own (tests build one per app)."""
+
+    def __init__(self, *, multiprocess_dir: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self._clock = clock
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Requests answered, by route template and status.", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request start to the end of the response, by route template.",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_token_verifications",
+            "Bearer token checks on protected routes, by outcome (valid, missing, or the invalid_token reason).",
+            ["outcome"],
+            registry=r,
+        )
+        self.token_cache = Counter(
+            "gateway_token_cache", "Verified-token cache lookups, by result (hit, miss).", ["result"], registry=r
+        )
+        self.jwks_fetches = Counter(
+            "gateway_jwks_fetches", "JWKS fetches, by issuer and outcome.", ["issuer", "outcome"], registry=r
+        )
+        self.keys_updated = Gauge(
+            _KEYS_UPDATED,
+            "Unix time of the last successful JWKS fetch, by issuer (the oldest across workers).",
+            ["issuer"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Metrics:
+        return cls(multiprocess_dir=environ.get(MULTIPROC_ENV) or None)
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def token(self, outcome: str) -> None:
+        self.tokens.labels(outcome).inc()
+
+    def cache(self, hits: int, misses: int) -> None:
+        if hits:
+            self.token_cache.labels("hit").inc(hits)
+        if misses:
+            self.token_cache.labels("miss").inc(misses)
+
+    def jwks_fetch(self, issuer: str, outcome: str) -> None:
+        self.jwks_fetches.labels(issuer, outcome).inc()
+
+    def keys_fetched(self, issuer: str, at: float) -> None:
+        self.keys_updated.labels(issuer).set(at)
+
+    def render(self) -> bytes:
+        """The exposition text: this process's registry, or every worker's files in multiprocess mode."""
+        if self.multiprocess_dir:
+            source = CollectorRegistry()
+            MultiProcessCollector(source, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        else:
+            source = self.registry
+        return generate_latest(_WithKeyAge(source, self._clock))
+
+    def close(self) -> None:
+        """Drop this worker's live gauges from the aggregate (a stopped worker's keys no longer count)."""
+        if self.multiprocess_dir:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+class _WithKeyAge:
+    """Every collected metric, plus ``gateway_jwks_key_age_seconds`` derived from the fetch timestamps."""
+
+    def __init__(self, source: CollectorRegistry, clock: Callable[[], float]) -> None:
+        self._source = source
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily(
+            "gateway_jwks_key_age_seconds", "Seconds since the issuer's keys were last fetched.", labels=["issuer"]
+        )
+        now = self._clock()
+        for metric in self._source.collect():
+            if metric.name == _KEYS_UPDATED:
+                for sample in metric.samples:
+                    age.add_metric([sample.labels["issuer"]], max(0.0, now - sample.value))
+            yield metric
+        yield age

@@ -1,0 +1,115 @@
+"""The streaming forward: request body to the upstream and response back, chunk by chunk, never a whole body.
+
+The request body is read from ASGI ``receive`` as the upstream client asks for it; ``max_body_bytes`` is
+enforced on the declared ``Content-Length`` before anything is sent and on the bytes counted while streaming
+(a chunked body has no declared length). The response head goes out as soon as the upstream's arrives, each
+raw chunk as soon as it is read, and the upstream response is closed in a ``finally`` (Starlette's
+``background=`` would run only after a normal finish, STYLE.md).
+
+A client that disconnects must free the upstream connection. uvicorn's ``send`` silently drops messages to a
+closed connection (ASGI spec 2.3), so a watcher task waits on ``receive`` for ``http.disconnect`` once the
+request body is consumed and cancels the exchange; the unfinished upstream response is then closed, which
+closes its connection rather than returning it to the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+from gateway.errors import PayloadTooLarge
+from gateway.headers import UpstreamHeaders, downstream_headers
+from gateway.upstream import Timeouts, Upstream
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the exchange finished; there is nobody left to answer."""
+
+
+async def _request_body(receive: Receive, limit: int | None, on_complete: Callable[[], None]) -> AsyncIterator[bytes]:
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk: bytes = message.get("body", b"")
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            on_complete()
+            return
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """anyio task groups wrap even a single error; the caller's error handling wants the error itself."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]  # type: ignore[assignment]
+    return group
+
+
+async def forward(
+    upstream: Upstream,
+    *,
+    method: str,
+    origin: str,
+    target: bytes,
+    headers: UpstreamHeaders,
+    max_body_bytes: int | None,
+    timeouts: Timeouts,
+    request_id: str,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Forward one request and stream the response back. Raises a GatewayError if the exchange fails before the
+    response head is sent, ClientDisconnected if the client left; after the head, an upstream failure propagates
+    so the server aborts the client connection (a truncated body must not look complete)."""
+    if max_body_bytes is not None and headers.content_length is not None and headers.content_length > max_body_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_body_bytes} bytes")
+    disconnected = complete = False
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def watch_disconnect() -> None:
+                nonlocal disconnected
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if not complete:  # servers also report http.disconnect once the response is complete
+                    disconnected = True
+                    group.cancel_scope.cancel()
+
+            def body_consumed() -> None:
+                group.start_soon(watch_disconnect)
+
+            body = _request_body(receive, max_body_bytes, body_consumed) if headers.has_body else None
+            if body is None:
+                body_consumed()
+            response = await upstream.send(method, origin, target, headers.headers, body, timeouts)
+            try:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": downstream_headers(response.headers, request_id),
+                    }
+                )
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                complete = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as errors:
+        raise _collapse(errors) from None
+    if disconnected:
+        raise ClientDisconnected()
