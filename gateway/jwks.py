@@ -18,7 +18,8 @@ Keys come only from each issuer's configured ``jwks_url``, fetched with the gate
 * **Unknown kid**: at most one refetch, single-flight (concurrent callers wait for the same fetch) and no more
   than once per ``jwks_refetch_cooldown`` per issuer, so random kids cannot make the gateway hammer the identity
   service; then :class:`InvalidToken` ``unknown_kid``.
-* **No kid**: a token without ``kid`` is accepted only when the issuer's set has exactly one usable key.
+* **No kid**: a token without ``kid`` is accepted only when the issuer's set has exactly one usable key (with or
+  without a kid of its own); a JWK without ``kid`` verifies only tokens without one.
 
 A JWK without ``alg`` is usable with every allowed algorithm that fits its type (RSA: RS*/PS*; EC: by curve;
 OKP: EdDSA), each bound separately, so :meth:`JwksCache.get_key` takes the token's ``alg`` and returns the
@@ -36,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jwt
@@ -46,7 +47,7 @@ from gateway.errors import InvalidToken, ServiceUnavailable
 
 logger = logging.getLogger("gateway.jwks")
 
-FetchOutcome = str  # "ok" | "error" | "timeout" | "too_large" | "invalid"
+FetchOutcome = Literal["ok", "error", "timeout", "too_large", "invalid"]
 MIN_RSA_BITS = 2048
 _CURVE_ALGORITHMS = {
     ("EC", "P-256"): ("ES256",),
@@ -203,7 +204,7 @@ class JwksCache:
         client: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_fetch: Callable[[str, str], None] | None = None,
+        on_fetch: Callable[[str, FetchOutcome], None] | None = None,
     ) -> None:
         self._issuers = {config.issuer: _Issuer(config) for config in issuers}
         self._client = client

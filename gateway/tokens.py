@@ -189,7 +189,8 @@ class TokenVerifier:
             if cache_size > 0
             else None
         )
-        self._negative: TTLCache[bytes, InvalidToken] | None = (
+        # (reason, message) only: an exception would keep its traceback, and with it whole frames, alive.
+        self._negative: TTLCache[bytes, tuple[str, str]] | None = (
             TTLCache(maxsize=negative_cache_size, ttl=negative_ttl, timer=clock) if negative_cache_size > 0 else None
         )
         self.hits = 0
@@ -212,12 +213,12 @@ class TokenVerifier:
             self.misses += 1
             failure = self._negative.get(digest) if self._negative is not None else None
             if failure is not None:
-                raise InvalidToken(failure.reason, failure.message)
+                raise InvalidToken(*failure)
             try:
                 verified = await self._verify(token)
             except InvalidToken as exc:
                 if self._negative is not None and exc.reason in _NEGATIVE_REASONS:
-                    self._negative[digest] = exc
+                    self._negative[digest] = (exc.reason, exc.message)
                 raise
             if self._cache is not None:
                 self._cache[digest] = verified

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -95,8 +98,6 @@ def tamper_signature(token: str) -> str:
 
 
 def jwt_b64decode(segment: str) -> bytes:
-    import base64
-
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
@@ -439,3 +440,54 @@ def test_authorize(route_match: RouteMatch, token_claims: Claims, allowed: bool)
     else:
         with pytest.raises(Forbidden):
             authorize(route_match, token_claims)
+
+
+async def test_rotation_is_accepted_without_a_single_401(signing_key: SigningKey) -> None:
+    """Issue 4: a key rotated in at the identity service is accepted at once, by every concurrent request,
+    with one JWKS fetch."""
+    endpoint = JwksEndpoint()
+    endpoint.serve(signing_key)
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        await keys.start(refresh_interval=None)
+        verifier = TokenVerifier([issuer_config()], keys, clock=FakeClock(NOW))
+        new_key = make_key(signing_key.alg, "rotated-in")
+        endpoint.serve(signing_key, new_key)
+        tokens = [mint(new_key, now=NOW, jti=str(i)) for i in range(100)]
+        results = await asyncio.gather(*(verifier.verify(t) for t in tokens))
+        assert {c.sub for c in results} == {SUBJECT}
+        assert endpoint.requests == 2
+        assert (await verifier.verify(mint(signing_key, now=NOW))).sub == SUBJECT  # the old key still works
+
+
+async def test_keys_never_cross_issuers() -> None:
+    """Two issuers publishing the same kid: a token is checked only against the keys of the issuer it names."""
+    a_key, b_key = make_key("EdDSA", "k1"), make_key("EdDSA", "k1")
+    a = JwksEndpoint()
+    a.serve(a_key)
+    b = JwksEndpoint()
+    b.serve(b_key)
+
+    async def route(request: Any) -> Any:
+        return await (a if request.url.host == "a.test" else b)(request)
+
+    issuers = [
+        issuer_config(issuer="https://a.test", jwks_url="https://a.test/jwks"),
+        issuer_config(issuer="https://b.test", jwks_url="https://b.test/jwks"),
+    ]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(route)) as client:
+        keys = JwksCache(issuers, client, clock=FakeClock())
+        await keys.start(refresh_interval=None)
+        verifier = TokenVerifier(issuers, keys, clock=FakeClock(NOW))
+        assert (await verifier.verify(mint(b_key, now=NOW, iss="https://b.test"))).iss == "https://b.test"
+        with pytest.raises(InvalidToken) as caught:
+            await verifier.verify(mint(b_key, now=NOW, iss="https://a.test"))  # B's key, claiming to be A
+        assert caught.value.reason == "bad_signature"
+
+
+async def test_cache_disabled(setup: Setup) -> None:
+    verifier = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, cache_size=0)
+    token = setup.mint()
+    for _ in range(3):
+        assert (await verifier.verify(token)).sub == SUBJECT
+    assert (verifier.hits, verifier.misses, verifier.cache_size) == (0, 3, 0)
