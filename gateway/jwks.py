@@ -235,7 +235,10 @@ class JwksCache:
     async def _refresh_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.refresh_due()
+            try:
+                await self.refresh_due()
+            except Exception:  # the loop is the only thing keeping keys fresh without traffic: never let it die
+                logger.exception("JWKS refresh loop iteration failed")
 
     # --- state ---------------------------------------------------------------------------------------------------
 
@@ -410,4 +413,8 @@ class JwksCache:
         except httpx.TimeoutException:
             raise JwksFetchError("timeout", "timed out") from None
         except httpx.HTTPError as exc:
+            raise JwksFetchError("error", f"{type(exc).__name__}: {exc}") from None
+        except JwksFetchError:
+            raise
+        except Exception as exc:  # a closed client, an invalid URL, a transport bug: a failed fetch, not a crash
             raise JwksFetchError("error", f"{type(exc).__name__}: {exc}") from None

@@ -384,3 +384,41 @@ async def test_on_fetch_hook_errors_do_not_break_refresh(jwks_endpoint: JwksEndp
 
     cache = JwksCache([issuer_config()], jwks_endpoint.client(), clock=clock, on_fetch=broken)
     assert await cache.refresh(ISSUER)
+
+
+async def test_unexpected_fetch_errors_are_failed_fetches(jwks_endpoint: JwksEndpoint, clock: FakeClock) -> None:
+    jwks_endpoint.serve(ED)
+    calls: list[tuple[str, str]] = []
+    client = jwks_endpoint.client()
+    await client.aclose()  # sending on a closed client raises RuntimeError, not an httpx error
+    cache = JwksCache([issuer_config()], client, clock=clock, on_fetch=counting(calls))
+    assert not await cache.refresh(ISSUER)
+    jwks_endpoint.error = ValueError("transport bug")
+    cache = JwksCache([issuer_config()], jwks_endpoint.client(), clock=clock, on_fetch=counting(calls))
+    assert not await cache.refresh(ISSUER)
+    assert calls == [(ISSUER, "error"), (ISSUER, "error")]
+
+
+async def test_refresh_loop_survives_a_failing_iteration(jwks_endpoint: JwksEndpoint, clock: FakeClock) -> None:
+    jwks_endpoint.serve(ED)
+    cache = cache_for(jwks_endpoint, clock, jwks_ttl=60)
+    await cache.start(refresh_interval=None)
+    failures = 0
+    original = cache.refresh_due
+
+    async def flaky() -> None:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise RuntimeError("boom")
+        await original()
+
+    cache.refresh_due = flaky  # type: ignore[method-assign]
+    await cache.start(refresh_interval=0.01)
+    clock.advance(60)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if jwks_endpoint.requests >= 3:
+            break
+    assert failures == 3 and jwks_endpoint.requests >= 3
+    await cache.aclose()
