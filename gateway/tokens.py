@@ -4,7 +4,9 @@ Verification order, each step refusing with :class:`InvalidToken` and a ``reason
 
 1. length (``max_token_bytes``) and shape: ASCII, three base64url segments, JSON header and payload objects;
 2. header: ``jku``, ``x5u``, ``jwk``, ``x5c`` (keys come only from the issuer's ``jwks_url``), ``crit`` and
-   ``b64`` are refused outright (RFC 8725 §3.1, RFC 7515 §4.1.11); ``kid`` must be a short printable string;
+   ``b64`` are refused outright (RFC 8725 §3.1, RFC 7515 §4.1.11); ``typ``, when present, must be ``JWT`` or
+   ``at+jwt`` (RFC 9068), so a logout or event token signed by the same key is not an access token (RFC 8725
+   §3.11); ``kid`` must be a short printable string;
 3. ``iss`` is read from the *unverified* payload only to pick the issuer config (exact string match); the
    token's ``alg`` must be in that issuer's allowlist, before any key is fetched (``none``/``HS256`` never are);
 4. the key comes from :class:`gateway.jwks.JwksCache` by ``kid``, bound to ``alg`` (an ES256 header on an
@@ -48,6 +50,9 @@ from gateway.routing import RouteMatch
 MAX_TOKEN_BYTES = 8192
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
+# RFC 8725 §3.11 explicit typing: an access token has no typ (Better Auth), "JWT", or RFC 9068's "at+jwt". Other
+# types an issuer may sign with the same key (logout+jwt, secevent+jwt, ...) are not access tokens.
+_ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/")
@@ -125,9 +130,12 @@ def _number(payload: Mapping[str, Any], name: str) -> float | None:
     if name not in payload:
         return None
     value = payload[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidToken("bad_claim", f"the token's {name} claim is not a number")
-    return float(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(name)
+        return float(value)
+    except (ValueError, OverflowError):  # JSON integers are unbounded: 1e400 as an int overflows a float
+        raise InvalidToken("bad_claim", f"the token's {name} claim is not a number") from None
 
 
 def _header_safe(value: str) -> bool:
@@ -248,6 +256,9 @@ class TokenVerifier:
         if any(name in header for name in _FORBIDDEN_HEADERS):
             raise InvalidToken("bad_header")
         payload = _segment(parts[1])
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES):
+            raise InvalidToken("bad_header")
         alg = header.get("alg")
         kid = header.get("kid")
         if not isinstance(alg, str):

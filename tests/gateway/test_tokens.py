@@ -117,6 +117,8 @@ INVALID: list[Any] = [
     pytest.param(lambda s: s.mint(exp=str(int(T) + 300)), "bad_claim", id="exp as string"),
     pytest.param(lambda s: s.mint(exp=True), "bad_claim", id="exp boolean"),
     pytest.param(lambda s: s.mint(exp=float("inf")), "bad_claim", id="exp infinity"),
+    pytest.param(lambda s: s.mint(exp=10**400), "bad_claim", id="exp integer beyond float range"),
+    pytest.param(lambda s: s.mint(iat=-(10**400)), "bad_claim", id="iat negative beyond float range"),
     pytest.param(lambda s: s.mint(iat="now"), "bad_claim", id="iat string"),
     pytest.param(lambda s: s.mint(nbf=[1]), "bad_claim", id="nbf list"),
     pytest.param(lambda s: s.mint(sub=123), "bad_claim", id="sub number"),
@@ -171,6 +173,9 @@ INVALID: list[Any] = [
     pytest.param(lambda s: s.mint(headers={"x5c": ["MIIB"]}), "bad_header", id="x5c"),
     pytest.param(lambda s: s.mint(headers={"crit": ["exp"], "exp": 1}), "bad_header", id="crit"),
     pytest.param(lambda s: s.mint(headers={"b64": False}), "bad_header", id="b64 false"),
+    pytest.param(lambda s: s.mint(headers={"typ": "logout+jwt"}), "bad_header", id="typ logout token"),
+    pytest.param(lambda s: s.mint(headers={"typ": "dpop+jwt"}), "bad_header", id="typ DPoP proof"),
+    pytest.param(lambda s: s.mint(headers={"typ": 1}), "bad_header", id="typ not a string"),
     # kid injection
     pytest.param(lambda s: s.mint(headers={"kid": "../../../../etc/passwd"}), "unknown_kid", id="kid path traversal"),
     pytest.param(lambda s: s.mint(headers={"kid": "http://evil/key.json"}), "unknown_kid", id="kid URL"),
@@ -223,6 +228,22 @@ VALID: list[Any] = [
     pytest.param({"sub": "\u00e9l\u00e8ve"}, id="non-ASCII sub"),
     pytest.param({"extra": {"nested": [1, 2]}}, id="extra claims kept"),
 ]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"typ": DROP}, id="no typ (Better Auth)"),
+        pytest.param({"typ": "JWT"}, id="typ JWT"),
+        pytest.param({"typ": "jwt"}, id="typ jwt lower-case"),
+        pytest.param({"typ": "at+jwt"}, id="typ at+jwt (RFC 9068)"),
+        pytest.param({"typ": "application/at+JWT"}, id="typ application/at+jwt"),
+    ],
+)
+async def test_accepted_token_types(setup: Setup, headers: dict[str, Any]) -> None:
+    drop = tuple(name for name, value in headers.items() if value is DROP)
+    kept = {name: value for name, value in headers.items() if value is not DROP}
+    assert (await setup.verifier.verify(setup.mint(headers=kept, drop_headers=drop))).sub == SUBJECT
 
 
 @pytest.mark.parametrize("claims", VALID)
@@ -491,3 +512,41 @@ async def test_cache_disabled(setup: Setup) -> None:
     for _ in range(3):
         assert (await verifier.verify(token)).sub == SUBJECT
     assert (verifier.hits, verifier.misses, verifier.cache_size) == (0, 3, 0)
+
+
+async def test_better_auth_shaped_token() -> None:
+    """The exact shape identity issues (shared/reference/better-auth-wire.md 2.7/2.8): header {alg, kid} only, the
+    user row in the payload, aud a string, 900 s lifetime, JWKS entries without "use"."""
+    key = make_key("EdDSA", "vCVlS4iViOxuvlsjIGdD13VSvYLoMPkH")
+    endpoint = JwksEndpoint()
+    endpoint.serve(key.public_jwk(use=DROP))
+    payload = {
+        "iat": int(NOW),
+        "name": "Alice",
+        "email": "alice@example.com",
+        "emailVerified": False,
+        "image": None,
+        "createdAt": "2026-11-26T12:57:23.311Z",
+        "updatedAt": "2026-11-26T12:57:23.311Z",
+        "id": "KI6uXfS3",
+        "sub": "KI6uXfS3",
+        "exp": int(NOW) + 900,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+    }
+    token = jwt_encode_exact(key, {"alg": "EdDSA", "kid": key.kid}, payload)
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        verifier = TokenVerifier([issuer_config()], keys, clock=FakeClock(NOW))
+        claims = await verifier.verify(token)
+    assert (claims.sub, claims.email, claims.sid, claims.exp) == ("KI6uXfS3", "alice@example.com", None, int(NOW) + 900)
+    assert claims.raw["emailVerified"] is False
+
+
+def jwt_encode_exact(key: SigningKey, header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """Sign exactly this header (PyJWT would add "typ")."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    assert isinstance(key.private_key, Ed25519PrivateKey)
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64(key.private_key.sign(signing_input.encode()))}"
