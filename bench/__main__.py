@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--burst-connections", type=int, default=4, help="wrk connections per endpoint in the burst check"
     )
+    parser.add_argument(
+        "--gateway-access-log",
+        action="store_true",
+        help="keep the gateway's JSON access log on (off by default, as nginx and HAProxy run without logs here)",
+    )
     parser.add_argument("--profile", action="store_true", help="also sample the gateway with py-spy (warm and cold)")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing tools")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="output directory")
@@ -133,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         proxy_rig = identity_rig = None
         if proxy_scenarios:
-            proxy_rig = proxybench.ProxyRig(processes, work, where, workers="workers" in proxy_scenarios)
+            proxy_rig = proxybench.ProxyRig(
+                processes, work, where, workers="workers" in proxy_scenarios, access_log=args.gateway_access_log
+            )
             print("starting upstream, nginx proxy, HAProxy ES256/RS256, gateway ...", flush=True)
             proxy_rig.start()
             problems = proxy_rig.probe()
@@ -262,7 +269,6 @@ def run_profiles(rig: proxybench.ProxyRig, args: argparse.Namespace, runs: list[
         print(f"\n== py-spy on the gateway ({scenario}, EdDSA), {args.duration:g}s", flush=True)
         holder: dict[str, Any] = {}
         thread = threading.Thread(target=_spy, args=(target.proc.pid, args.duration, collapsed_path, holder))
-        thread.start()
         run = rig.measure(
             "gateway-EdDSA",
             f"profile-{scenario}",
@@ -273,6 +279,7 @@ def run_profiles(rig: proxybench.ProxyRig, args: argparse.Namespace, runs: list[
             connections=args.connections,
             cold_tokens=args.cold_tokens,
             load_cpus=rig.where.load,
+            on_start=thread.start,
         )
         thread.join()
         print(report.run_line(run) + "  (under py-spy: not a result)")

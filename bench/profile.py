@@ -23,6 +23,7 @@ COMPONENTS = (
     ("starlette/", "starlette"),
     ("httpx/", "httpx"),
     ("httpcore/", "httpcore"),
+    ("anyio/", "anyio"),
     ("prometheus_client/", "prometheus_client"),
     ("cachetools/", "cachetools"),
     ("asyncio/", "asyncio event loop"),
