@@ -76,6 +76,7 @@ class Service:
     argv: list[str]
     port: int
     process: subprocess.Popen[bytes] | None = None
+    pump: threading.Thread | None = None
     output: list[str] = field(default_factory=list)
 
 
@@ -179,7 +180,8 @@ class Stack:
             # can kill a whole group (gateway workers included) if one does not exit.
             start_new_session=True,
         )
-        threading.Thread(target=self._pump, args=(service, service.process), daemon=True).start()
+        service.pump = threading.Thread(target=self._pump, args=(service, service.process), daemon=True)
+        service.pump.start()
 
     def _pump(self, service: Service, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -207,22 +209,31 @@ class Stack:
         raise RuntimeError(f"{name} not ready after {timeout}s:\n" + "\n".join(service.output[-50:]))
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal one service, wait for it (SIGKILL to its group after ``timeout``), return its exit code."""
         service = self.service(name)
         process = service.process
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, sig)
+        if process is None:
+            return None
         try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return process.wait(5)
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, sig)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(5)
+            return process.returncode
         finally:
             # Workers of a supervisor that died first would be orphaned; the group is ours alone.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+            # The log pipe reaches EOF once every process of the group is gone; then it can be closed.
+            if service.pump is not None:
+                service.pump.join(5)
+            if process.stdout is not None:
+                process.stdout.close()
 
     def stop(self) -> None:
         # The gateway first, so no request reaches a backend that is already gone.
