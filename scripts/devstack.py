@@ -163,10 +163,13 @@ class Stack:
 
     def start(self, timeout: float = 30.0) -> None:
         self.migrate()
-        for service in self.services:
-            self.start_service(service.name)
-        for service in self.services:
-            self.wait_ready(service.name, timeout)
+        # Backends first: the gateway is ready only once it holds the identity service's keys.
+        for name in ("identity", "tasks"):
+            self.start_service(name)
+        for name in ("identity", "tasks"):
+            self.wait_ready(name, timeout)
+        self.start_service("gateway")
+        self.wait_ready("gateway", timeout)
 
     def start_service(self, name: str) -> None:
         service = self.service(name)
