@@ -1,0 +1,232 @@
+"""The gateway on real sockets (uvicorn on 127.0.0.1), where ASGITransport's buffering cannot hide anything:
+streaming both ways, raw headers, upstream failures and timeouts, client disconnects, and ``--workers 2``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from gateway.app import create_app
+from tests.gateway._fwd_fixtures import gateway_config
+from tests.gateway._fwd_servers import Backend, EndlessUpstream, HangingUpstream, LoopThread, free_port, wait_live
+from tests.gateway.conftest import PROOF_SECRET
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.loop = LoopThread()
+        self.backend = Backend(self.loop)
+        self.hanging = HangingUpstream()
+        self.endless = EndlessUpstream()
+        backend = f"http://127.0.0.1:{self.loop.start_uvicorn(self.backend)}"
+        hanging = f"http://127.0.0.1:{self.loop.start_raw(self.hanging)}"
+        endless = f"http://127.0.0.1:{self.loop.start_raw(self.endless)}"
+        refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        routes = [
+            {"path": "/b/{rest:path}", "upstream": backend, "auth": "public", "timeout": 5},
+            {"path": "/small/{rest:path}", "upstream": backend, "auth": "public", "max_body_bytes": 16},
+            {"path": "/hang/{rest:path}", "upstream": hanging, "auth": "public", "timeout": 0.5},
+            {"path": "/endless/{rest:path}", "upstream": endless, "auth": "public"},
+            {"path": "/refused/{rest:path}", "upstream": refused, "auth": "public", "connect_timeout": 1},
+        ]
+        self.backend_url = backend
+        self.config = gateway_config(routes, issuers=[])
+        self.url = f"http://127.0.0.1:{self.loop.start_uvicorn(create_app(self.config))}"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    stack = Stack()
+    try:
+        yield stack
+    finally:
+        stack.loop.close()
+
+
+@pytest.fixture
+def client(stack):
+    with httpx.Client(base_url=stack.url, timeout=5, trust_env=False) as client:
+        yield client
+
+
+def test_response_streams_before_the_upstream_finishes(stack, client):
+    with client.stream("GET", "/b/slow-stream") as response:
+        chunks = response.iter_raw()
+        # The backend is parked until released: this chunk can only arrive if the gateway does not buffer.
+        assert next(chunks) == b"first"
+        stack.backend.release()
+        assert b"".join(chunks) == b"second"
+
+
+def test_request_body_streams_before_the_client_finishes(stack, client):
+    waited = []
+
+    def body():
+        yield b"a" * 1000
+        # The gateway must pass the first chunk on before the client sends the rest.
+        waited.append(stack.backend.first_chunk.wait(5))
+        yield b"b" * 1000
+
+    response = client.post("/b/upload", content=body())
+    assert response.status_code == 200
+    assert response.text == "2000"
+    assert waited == [True]
+
+
+def test_large_bodies_arrive_intact(client):
+    size = 8 * 1024 * 1024
+    with client.stream("GET", f"/b/big?{size}") as response:
+        digest = hashlib.sha256()
+        received = 0
+        for chunk in response.iter_raw():
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == size
+    assert digest.hexdigest() == hashlib.sha256((bytes(range(256)) * 256) * (size // 65536)).hexdigest()
+
+
+def test_multiple_set_cookie_headers_survive(client):
+    response = client.get("/b/cookies")
+    assert response.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; HttpOnly", "c=3"]
+
+
+def test_compressed_bodies_pass_through_untouched(client):
+    with client.stream("GET", "/b/gzip", headers={"accept-encoding": "gzip"}) as response:
+        raw = b"".join(response.iter_raw())
+        assert response.headers["content-encoding"] == "gzip"
+        assert response.headers["content-length"] == str(len(Backend.GZIPPED))
+    assert raw == Backend.GZIPPED
+
+
+def test_connection_refused_is_502(client):
+    response = client.post("/refused/x", content=b"data")
+    assert response.status_code == 502
+    assert response.json()["error"] == "bad_gateway"
+
+
+def test_hanging_upstream_is_504_within_the_route_timeout(client):
+    started = time.monotonic()
+    response = client.get("/hang/x")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.json()["error"] == "gateway_timeout"
+    assert 0.4 <= elapsed < 2.0
+
+
+def test_client_disconnect_frees_the_upstream_connection(stack):
+    with (
+        httpx.Client(base_url=stack.url, timeout=5, trust_env=False) as client,
+        client.stream("GET", "/endless/x") as response,
+    ):
+        assert next(response.iter_raw())
+    # Closing an unfinished response closes the client's connection; the gateway must close its upstream one.
+    assert stack.endless.closed.wait(3)
+
+
+def test_streamed_upload_over_the_limit_is_refused(stack):
+    def body():
+        for _ in range(64):
+            yield b"x" * 1024
+
+    with httpx.Client(base_url=stack.url, timeout=5, trust_env=False) as client:
+        try:
+            response = client.post("/small/upload", content=body())
+        except httpx.TransportError:
+            # The gateway may answer 413 and close while the client is still writing: the request was not
+            # forwarded either way, which is what the backend's request log shows below.
+            response = None
+    if response is not None:
+        assert response.status_code == 413
+    # The head may have gone upstream already (the body streams), but the backend never gets a whole body.
+    time.sleep(0.2)
+    assert not any(path == "/small/upload" for path, _ in stack.backend.uploads)
+
+
+def test_owned_headers_reach_the_backend_once(stack, client):
+    client.get("/b/headers", headers=[("x-user-id", "admin"), ("X_User_Id", "admin"), ("x-request-id", "mine")])
+    path, headers = stack.backend.requests[-1]
+    assert path == "/b/headers"
+    names = [name for name, _ in headers]
+    assert names.count(b"x-request-id") == 1
+    assert b"x-user-id" not in names and b"x_user_id" not in names
+    assert dict(headers)[b"host"] == stack.backend_url.removeprefix("http://").encode()
+
+
+# --- several workers ---------------------------------------------------------------------------------------------
+
+
+def _requests_by_pid(directory: Path, route: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for file in directory.glob("counter_*.db"):
+        pid = file.stem.removeprefix("counter_")
+        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(file)):
+            _metric, sample, labels, _help = json.loads(key)
+            if sample == "gateway_requests_total" and labels.get("route") == route:
+                counts[pid] = counts.get(pid, 0) + value
+    return counts
+
+
+def test_two_workers_serve_and_metrics_are_summed(stack, tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[[routes]]\npath = "/b/{{rest:path}}"\nupstream = "{stack.backend_url}"\nauth = "public"\n')
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGE_PROOF_SECRET": PROOF_SECRET,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--workers", "2"]
+    argv += ["--graceful-timeout", "2", "--no-access-log"]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_live(url, process)
+        sent = 0
+
+        def one(_: int) -> int:
+            # A fresh connection per request, so the kernel spreads them over both workers' accept loops.
+            with httpx.Client(timeout=5, trust_env=False) as client:
+                return client.get(f"{url}/b/slow?delay=0.05").status_code
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            for _ in range(20):
+                statuses = list(pool.map(one, range(16)))
+                assert statuses == [200] * 16
+                sent += 16
+                if len(_requests_by_pid(metrics_dir, "/b/{rest:path}")) >= 2:
+                    break
+        by_pid = _requests_by_pid(metrics_dir, "/b/{rest:path}")
+        assert len(by_pid) == 2, f"only one worker served: {by_pid}"
+        scraped = httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text
+        match = re.search(r'^gateway_requests_total\{route="/b/\{rest:path\}",status="200"\} (\S+)$', scraped, re.M)
+        assert match is not None, scraped
+        assert float(match.group(1)) == sent  # whichever worker answered the scrape counted both workers' requests
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)
+            process.stderr.close()
+    assert process.returncode == 0
