@@ -209,9 +209,18 @@ class BadGateway(GatewayError):
 
 
 class ServiceUnavailable(GatewayError):
+    """503; ``retry_after`` (seconds) becomes ``Retry-After`` (RFC 9110 §10.2.3) when the gateway knows it."""
+
     status = 503
     error = "service_unavailable"
     default_message = "the gateway cannot serve this request right now"
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def headers(self, realm: str) -> list[tuple[str, str]]:
+        return [] if self.retry_after is None else [("retry-after", str(max(0, self.retry_after)))]
 
 
 class GatewayTimeout(GatewayError):

@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -278,7 +279,8 @@ class JwksCache:
             await self._refetch(state)
             keys = state.keys
             if keys is None or self._clock() >= keys.usable_until:
-                raise ServiceUnavailable("the token issuer's signing keys are unavailable")
+                retry = max(1, math.ceil(state.config.jwks_refetch_cooldown))  # the next fetch attempt
+                raise ServiceUnavailable("the token issuer's signing keys are unavailable", retry_after=retry)
         bound = self._lookup(keys, kid)
         if bound is None:
             await self._refetch(state, kid_miss=True)

@@ -78,6 +78,8 @@ def test_status_and_code(error: GatewayError, status: int, code: str) -> None:
         ),
         pytest.param(MethodNotAllowed(["POST", "GET", "GET"]), [("allow", "GET, POST")], id="allow sorted unique"),
         pytest.param(NotFound(), [], id="no headers"),
+        pytest.param(ServiceUnavailable(), [], id="503 without retry-after"),
+        pytest.param(ServiceUnavailable(retry_after=10), [("retry-after", "10")], id="503 with retry-after"),
     ],
 )
 def test_headers(error: GatewayError, expected: list[tuple[str, str]]) -> None:

@@ -66,8 +66,9 @@ async def test_start_failure_is_not_fatal_and_requests_get_503(jwks_endpoint: Jw
     await cache.start(refresh_interval=None)
     assert not cache.ready()
     assert calls == [(ISSUER, "error")]
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable) as caught:
         await cache.get_key(ISSUER, "ed-1", "EdDSA")  # within the cooldown: no second fetch
+    assert caught.value.headers("gateway") == [("retry-after", "10")]
     assert jwks_endpoint.requests == 1
     jwks_endpoint.status = 200
     jwks_endpoint.serve(ED)
