@@ -64,7 +64,8 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from gateway import proof
-from gateway.routing import TemplateError, compile_template
+from gateway.errors import UnsafePath
+from gateway.routing import TemplateError, canonical_path, compile_template
 
 AuthMode = Literal["public", "authenticated", "owner"]
 AUTH_MODES: tuple[AuthMode, ...] = ("public", "authenticated", "owner")
@@ -431,7 +432,12 @@ def _admin_path(reader: _Reader, key: str, default: str, *, may_disable: bool = 
         return default
     if value == "" and may_disable:
         return None
-    if not value.startswith("/") or any(not (" " < ch <= "~") for ch in value) or "%" in value:
+    plain = value.startswith("/") and all(" " < ch <= "~" for ch in value) and "%" not in value
+    try:
+        plain = plain and canonical_path(value.encode()) == value  # compared with raw_path bytes by the app
+    except UnsafePath:
+        plain = False
+    if not plain:
         reader.problem(key, f"must be a plain absolute path like {default!r}, not {value!r}")
         return default
     return value

@@ -17,6 +17,7 @@ normalised one way here and another way upstream:
 * a decoded character that is a Unicode control/format/private/unassigned code point, or whose NFKC form
   contains ``/ \\ . ; % ? #`` (U+FF0F fullwidth solidus, U+FF0E fullwidth full stop, U+2024 one dot
   leader): servers that normalise Unicode would see a separator or a dot segment that we do not;
+* longer than 8 KiB (``MAX_PATH_BYTES``);
 * an empty segment (``//``, except the single trailing ``/``) or a segment made only of dots (``.``, ``..``,
   ``...``), or a segment with leading or trailing whitespace (Windows and some proxies trim it).
 

@@ -273,6 +273,8 @@ ROUTE1 = "routes__1__"
         pytest.param(base(health__livez_path="livez"), ENV, "livez_path: must be a plain absolute path", id="rel"),
         pytest.param(base(health__readyz_path="/ready z"), ENV, "readyz_path: must be a plain", id="space in path"),
         pytest.param(base(health__readyz_path="/livez"), ENV, "health: livez_path, readyz_path", id="same paths"),
+        pytest.param(base(health__metrics_path="/a/../m"), ENV, "metrics_path: must be a plain", id="dot segment"),
+        pytest.param(base(health__livez_path="/a//b"), ENV, "livez_path: must be a plain", id="empty segment"),
         pytest.param(base(), {}, "environment: EDGE_PROOF_SECRET is not set", id="no proof secret"),
         pytest.param(base(), {"EDGE_PROOF_SECRET": "short"}, "at least 32 are required", id="short proof secret"),
         pytest.param(
