@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
 from identity.config import Config, load_config
 from identity.db import create_engine, head_revision, schema_is_current
@@ -104,7 +104,8 @@ def create_app(
     routes: list[BaseRoute] = [
         _route("/livez", livez, "GET"),
         _route("/readyz", readyz, "GET"),
-        Mount("/api/auth", routes=auth_routes(service)),
+        # No trailing-slash redirects: Better Auth answers a path it does not know with its empty 404.
+        Mount("/api/auth", app=Router(auth_routes(service), redirect_slashes=False)),
     ]
     routes.extend(page_routes())  # the web pages (issue 6): /, /signup, /login, /tasks, /assets/*
     app = Starlette(
@@ -112,6 +113,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={IdentityError: handle_identity_error, 404: handle_route_miss, 405: handle_route_miss},
     )
+    app.router.redirect_slashes = False
     app.state.identity = service
     app.state.current_session = service.current_session
     return app

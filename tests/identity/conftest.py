@@ -62,7 +62,9 @@ class Harness:
     config: Config
     app: Any
 
-    async def sign_up(self, email: str = "alice@example.com", password: str = "correct horse", **extra: Any) -> httpx.Response:
+    async def sign_up(
+        self, email: str = "alice@example.com", password: str = "correct horse", **extra: Any
+    ) -> httpx.Response:
         body = {"name": "Alice", "email": email, "password": password, **extra}
         response = await self.client.post("/api/auth/sign-up/email", json=body)
         assert response.status_code == 200, response.text
@@ -86,9 +88,7 @@ async def make_harness(migrated_url: str, clock: Clock) -> AsyncIterator[Harness
     engines = []
     clients = []
 
-    async def factory(
-        peer: tuple[str, int] = PEER, hasher: PasswordHasher | None = None, **env: str
-    ) -> Harness:
+    async def factory(peer: tuple[str, int] = PEER, hasher: PasswordHasher | None = None, **env: str) -> Harness:
         config = make_config(**env)
         engine = create_engine(migrated_url)
         engines.append(engine)
