@@ -2,8 +2,10 @@
 
 Import the plain helpers with ``from tests.gateway.conftest import ...``; the fixtures are picked up by pytest.
 
-* ``make_key(alg, kid)`` -> :class:`SigningKey` (EdDSA, ES256, ES384, RS256, PS256; RSA keys are cached per
-  process because generating them is slow). ``key.jwk`` is the public JWK (with ``kid``, ``alg``, ``use``).
+* ``make_key(alg, kid)`` -> :class:`SigningKey` (EdDSA, ES256, ES384, RS256, PS256). EdDSA/EC keys are new on
+  every call; RSA keys are cached per (alg, kid, bits) because generating them is slow, so two RSA keys that must
+  differ need different kids. ``key.jwk`` is the public JWK (with ``kid``, ``alg``, ``use``);
+  ``key.public_jwk(member=value | DROP)`` a variant of it.
 * ``jwks(*keys)`` -> a JWKS document (dict).
 * ``mint(key, **claims)`` -> a compact JWS signed by ``key``: default claims are a valid token for
   :data:`ISSUER` / :data:`AUDIENCE` / :data:`SUBJECT`, issued at ``now`` (default ``time.time()``) and valid for
