@@ -1,8 +1,8 @@
 """The page handlers in-process (issue 6): redirects by session, security headers, assets, no inline script.
 
-The session check is identity's hook on ``app.state.current_session``; here an app built from
-``page_routes()`` alone gets a hook that accepts one known cookie, so these tests exercise the page
-handlers only. The real identity app serving these pages is covered at the end of the file.
+The session check is identity's hook on ``app.state.current_session``; most tests use an app built from
+``page_routes()`` alone with a hook that accepts one known cookie, so they exercise the page handlers
+only. The last test drives the real identity app: its session cookie opens /tasks and signing out shuts it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -290,3 +291,26 @@ def test_link_to_a_missing_asset_fails_at_start_up(tmp_path: Path) -> None:
     assert pin_assets('<link href="/assets/app.css">', assets).startswith('<link href="/assets/app.css?v=')
     with pytest.raises(ValueError, match=r"missing\.js"):
         pin_assets('<script src="/assets/missing.js"></script>', assets)
+
+
+async def test_identity_app_serves_the_pages_by_its_session_cookie(h: Any) -> None:
+    """identity's own app, on a migrated database: sign up, the cookie opens /tasks, sign out shuts it."""
+    signed_up = await h.sign_up("pages@example.com", "correct horse battery")
+    cookie = signed_up.headers.get_list("set-cookie")[0].split(";", 1)[0]
+    as_browser = {"cookie": cookie, "origin": "http://127.0.0.1:8000"}
+
+    tasks = await h.client.get("/tasks", headers=as_browser)
+    assert tasks.status_code == 200
+    assert tasks.headers["cache-control"] == "no-store"
+    assert tasks.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    login = await h.client.get("/login", headers=as_browser)
+    assert (login.status_code, login.headers["location"]) == (303, "/tasks")
+    asset = await h.client.get("/assets/tasks.js")
+    assert (asset.status_code, asset.headers["content-type"]) == (200, "text/javascript; charset=utf-8")
+
+    signed_out = await h.client.post("/api/auth/sign-out", headers=as_browser)
+    assert signed_out.status_code == 200, signed_out.text
+    after = await h.client.get("/tasks", headers=as_browser)
+    assert (after.status_code, after.headers["location"]) == (303, "/login")
+    assert (await h.client.get("/login", headers=as_browser)).status_code == 200
+    assert (await h.client.get("/tasks")).status_code == 303

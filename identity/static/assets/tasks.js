@@ -31,6 +31,7 @@
     error: $("error"),
     errorText: $("error-text"),
     errorDismiss: $("error-dismiss"),
+    errorRetry: $("error-retry"),
     loading: $("loading"),
     list: $("task-list"),
     empty: $("empty"),
@@ -167,20 +168,31 @@
 
   // ---- Errors -------------------------------------------------------------------------------------
 
-  function showError(error, context) {
+  let retryAction = null;
+
+  // `retry`: what "Try again" does, for failures that leave nothing else to click (loading the list).
+  function showError(error, context, retry = null) {
     if (error instanceof Leaving) return;
     const message = error instanceof ApiError ? error.message : "Something went wrong. Please reload the page.";
     if (!(error instanceof ApiError)) console.error(error);
     ui.errorText.textContent = context ? `${context}: ${message}` : message;
+    retryAction = retry;
+    ui.errorRetry.hidden = !retry;
     ui.error.hidden = false;
   }
 
   function clearError() {
     ui.error.hidden = true;
     ui.errorText.textContent = "";
+    retryAction = null;
   }
 
   ui.errorDismiss.addEventListener("click", clearError);
+  ui.errorRetry.addEventListener("click", () => {
+    const retry = retryAction;
+    clearError();
+    if (retry) retry();
+  });
 
   // ---- Rendering ----------------------------------------------------------------------------------
 
@@ -208,12 +220,14 @@
     check.dataset.action = "toggle";
     const body = element("div", "task-body");
     const actions = element("div", "task-actions");
-    const edit = element("button", "icon-btn", "Edit");
+    const edit = element("button", "icon-btn");
     edit.type = "button";
     edit.dataset.action = "edit";
-    const remove = element("button", "icon-btn danger", "Delete");
+    edit.append(element("span", "icon-label", "Edit"));
+    const remove = element("button", "icon-btn danger");
     remove.type = "button";
     remove.dataset.action = "delete";
+    remove.append(element("span", "icon-label", "Delete"));
     actions.append(edit, remove);
     li.append(check, body, actions);
     return li;
@@ -291,6 +305,7 @@
     const query = new URLSearchParams({ status, sort: SORT, limit: String(PAGE_SIZE) });
     if (append && nextCursor) query.set("cursor", nextCursor);
     if (!append) {
+      ui.summary.textContent = "";
       ui.loading.hidden = false;
       ui.list.hidden = true;
       ui.empty.hidden = true;
@@ -308,7 +323,7 @@
       await load();
     } catch (error) {
       ui.loading.hidden = true;
-      showError(error, "Could not load your tasks");
+      showError(error, "Could not load your tasks", reload);
     }
   }
 
@@ -591,13 +606,14 @@
 
   async function start() {
     setFilter(status);
+    ui.loading.hidden = false;
     try {
       const { email } = await refresh();
       ui.email.textContent = email;
       ui.email.title = email;
     } catch (error) {
       ui.loading.hidden = true;
-      showError(error, "Could not start your session");
+      showError(error, "Could not start your session", start);
       return;
     }
     await reload();
