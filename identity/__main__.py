@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -63,6 +64,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     if args.migrate:
         migrate(config.database_url)
+    # identity.accesslog writes one JSON line per request on stderr; uvicorn's own access log would repeat it.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     uvicorn.run(
         "identity.app:create_app_from_env",
         factory=True,
@@ -74,6 +77,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         server_header=False,
         date_header=True,
         log_level=args.log_level,
+        access_log=False,
     )
     return 0
 

@@ -16,10 +16,12 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
+from identity.accesslog import AccessLog
 from identity.config import Config, load_config
 from identity.db import create_engine, head_revision, schema_is_current
 from identity.endpoints import AuthEndpoints
@@ -111,6 +113,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(AccessLog)],
         exception_handlers={IdentityError: handle_identity_error, 404: handle_route_miss, 405: handle_route_miss},
     )
     app.router.redirect_slashes = False

@@ -8,6 +8,7 @@ import json
 import time
 
 import anyio
+import httpx
 import jwt
 import pytest
 from sqlalchemy import select
@@ -226,3 +227,30 @@ async def test_changing_the_algorithm_rotates_with_publish_delay(make_harness, c
     assert [k["alg"] for k in (await es.client.get("/api/auth/jwks")).json()["keys"]] == ["EdDSA", "ES256"]
     clock.advance(361)
     assert segment(await fetch_jwt(es, session_token), 0)["alg"] == "ES256"
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256", "RS256"])
+async def test_contract_gateway_verifier_accepts_our_tokens(make_harness, clock, alg):
+    """The gateway's own verifier (issue 4) against this JWKS, fetched over the app in-process."""
+    from gateway.config import IssuerConfig
+    from gateway.jwks import JwksCache
+    from gateway.tokens import InvalidToken, TokenVerifier
+
+    h = await make_harness(IDENTITY_JWT_ALG=alg)
+    session_token = (await h.sign_up()).json()["token"]
+    token = await fetch_jwt(h, session_token)
+    issuer = IssuerConfig(issuer=ORIGIN, audiences=(ORIGIN,), jwks_url=f"{ORIGIN}/api/auth/jwks", algorithms=(alg,))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=h.app)) as client:
+        cache = JwksCache([issuer], client)
+        await cache.start(refresh_interval=None)
+        try:
+            verifier = TokenVerifier([issuer], cache, clock=clock, cache_size=0, negative_cache_size=0)
+            claims = await verifier.verify(token)
+            assert claims.sub == segment(token, 1)["sub"]
+            assert claims.sid == segment(token, 1)["sid"]
+            assert claims.email == "alice@example.com"
+            head, payload, signature = token.split(".")
+            with pytest.raises(InvalidToken):
+                await verifier.verify(f"{head}.{payload}.{signature[:-4]}AAAA")
+        finally:
+            await cache.aclose()

@@ -101,3 +101,19 @@ def test_cli_help_names_every_variable(capsys):
         "revoke-user",
     ):
         assert name in out
+
+
+@pytest.mark.anyio
+async def test_access_log_is_one_json_line_without_secrets(h, caplog):
+    import json
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="identity.access"):
+        token = (await h.sign_up()).json()["token"]
+        await h.client.get("/api/auth/revocations?since=0")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "identity.access"]
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [
+        ("POST", "/api/auth/sign-up/email", 200),
+        ("GET", "/api/auth/revocations", 200),
+    ]
+    assert token not in caplog.text and "correct horse" not in caplog.text
