@@ -101,6 +101,37 @@ def log_config(level: str, *, access_log: bool = True) -> dict[str, Any]:
     return config
 
 
+def server_options() -> dict[str, Any]:
+    """The uvicorn settings every gateway listener runs with (the CLI, and the loopback tests)."""
+    return {
+        "http": HTTP_PROTOCOL,
+        "proxy_headers": False,  # the gateway decides whose X-Forwarded-* to believe (trusted_proxies)
+        "server_header": False,
+        "date_header": True,
+        "access_log": False,  # ours has the route, user and auth outcome (gateway/accesslog.py)
+        "lifespan": "on",
+    }
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - uvicorn[standard] installs httptools; h11 keeps the whole target
+    HTTP_PROTOCOL = "h11"
+else:
+    HTTP_PROTOCOL = "gateway.__main__:OriginFormHttpToolsProtocol"
+
+    class OriginFormHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol, except that an absolute-form target (``GET http://host/path``) keeps its
+        whole target in ``raw_path``. uvicorn passes only the path on, so the gateway could not refuse what issue
+        4 says to refuse (routing.canonical_path rejects a ``raw_path`` that does not start with ``/``); with h11
+        the whole target arrives anyway. The scope is patched before the request's task first runs."""
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if not self.url.startswith(b"/") and "raw_path" in self.scope:
+                self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+
 def worker_app() -> Any:
     """The app factory each worker process calls (``--workers`` > 1): configuration from ``GATEWAY_CONFIG``."""
     from gateway.app import create_app
@@ -134,15 +165,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     import uvicorn
 
     options: dict[str, Any] = {
+        **server_options(),
         "host": args.host,
         "port": args.port,
-        "proxy_headers": False,  # the gateway decides whose X-Forwarded-* to believe (trusted_proxies)
-        "server_header": False,
-        "date_header": True,
-        "access_log": False,
         "log_config": log_config(args.log_level, access_log=not args.no_access_log),
         "log_level": args.log_level,
-        "lifespan": "on",
         "timeout_graceful_shutdown": args.graceful_timeout,
     }
     if args.workers == 1:

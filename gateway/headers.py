@@ -5,7 +5,8 @@ Request headers (client -> upstream), :func:`upstream_headers`:
 * Framing is the gateway's own: the client's ``Content-Length``/``Transfer-Encoding`` are validated and dropped;
   the upstream client re-frames the streamed body (``Content-Length`` when the client declared one, else
   chunked). Both together is a smuggling signature and refused (RFC 9112 §6.3), as are two ``Host`` headers
-  (RFC 9112 §3.2) and a ``Content-Length`` that is not one plain decimal number (RFC 9110 §8.6).
+  (RFC 9112 §3.2), a ``Content-Length`` that is not one plain decimal number (RFC 9110 §8.6) and a
+  ``Transfer-Encoding`` other than plain ``chunked``.
 * Hop-by-hop headers (RFC 9110 §7.6.1) and every header a ``Connection`` header nominates are removed.
 * Headers the gateway owns (identity, request id, proof, ``X-Forwarded-*``) are removed in every spelling:
   names are compared case-insensitively *and* with ``_`` read as ``-``, because many backends (CGI/WSGI
@@ -168,7 +169,7 @@ def upstream_headers(
     nominated: set[bytes] = set()
     content_lengths: list[bytes] = []
     hosts: list[bytes] = []
-    chunked = False
+    codings: list[bytes] = []
     client_xff: list[bytes] = []
     client_proto: list[bytes] = []
     client_host: list[bytes] = []
@@ -179,7 +180,7 @@ def upstream_headers(
         elif lowered == b"content-length":
             content_lengths.append(value.strip())
         elif lowered == b"transfer-encoding":
-            chunked = True
+            codings += [coding.strip().lower() for coding in value.split(b",")]
         elif lowered == b"host":
             hosts.append(value)
         elif lowered == b"x-forwarded-for":
@@ -188,8 +189,13 @@ def upstream_headers(
             client_proto.append(value.strip())
         elif lowered == b"x-forwarded-host":
             client_host.append(value.strip())
+    chunked = bool(codings)
     if chunked and content_lengths:
         raise ConflictingFraming()
+    # The gateway's server decodes only chunked; a body still under gzip (say) would be forwarded as if it were
+    # plain bytes (RFC 9112 §6.1 lets a server refuse codings it does not understand).
+    if chunked and codings != [b"chunked"]:
+        raise BadRequest("unsupported Transfer-Encoding")
     if len(hosts) > 1:
         raise BadRequest("more than one Host header")
     content_length = _content_length(content_lengths)

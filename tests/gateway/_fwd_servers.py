@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from gateway.__main__ import server_options
+
 Scope = dict[str, Any]
 
 
@@ -61,17 +63,9 @@ class LoopThread:
 
     def start_uvicorn(self, app: Any, **options: Any) -> int:
         port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            proxy_headers=False,
-            server_header=False,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=1,
-            **options,
-        )
+        # The gateway CLI's own uvicorn settings (origin-form-only httptools protocol, no proxy headers, ...).
+        settings = {**server_options(), "log_level": "warning", "timeout_graceful_shutdown": 1, **options}
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, **settings)
         server = uvicorn.Server(config)
 
         async def start() -> None:

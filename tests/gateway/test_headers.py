@@ -221,6 +221,7 @@ FRAMING = [
     pytest.param([(b"content-length", b"0")], 0, False, id="empty body"),
     pytest.param([(b"content-length", b"42")], 42, True, id="Content-Length"),
     pytest.param([(b"transfer-encoding", b"chunked")], None, True, id="chunked"),
+    pytest.param([(b"Transfer-Encoding", b" Chunked ")], None, True, id="chunked, any case"),
 ]
 
 
@@ -244,6 +245,10 @@ BAD_FRAMING = [
     pytest.param([(b"content-length", b"0x10")], BadRequest, id="hex Content-Length"),
     pytest.param([(b"content-length", b"1" * 30)], BadRequest, id="absurd Content-Length"),
     pytest.param([(b"host", b"a.example"), (b"host", b"b.example")], BadRequest, id="two Host headers"),
+    pytest.param([(b"transfer-encoding", b"gzip, chunked")], BadRequest, id="transfer coding other than chunked"),
+    pytest.param(
+        [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")], BadRequest, id="chunked twice"
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,6 +167,42 @@ def test_owned_headers_reach_the_backend_once(stack, client):
     assert names.count(b"x-request-id") == 1
     assert b"x-user-id" not in names and b"x_user_id" not in names
     assert dict(headers)[b"host"] == stack.backend_url.removeprefix("http://").encode()
+
+
+def _raw_status(url: str, request: bytes) -> int:
+    """Send bytes no HTTP client library would, return the status code answered."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        head = sock.recv(65536)
+    return int(head.split(b" ", 2)[1])
+
+
+HOSTILE = [
+    pytest.param(b"GET http://evil.test/b/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form"),
+    pytest.param(b"GET http://evil.test/b/x?q=1 HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form+query"),
+    pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="asterisk-form"),
+    pytest.param(b"GET //evil.test/b/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="network-path"),
+    pytest.param(b"GET /b/%2e%2e/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="encoded dot-dot"),
+    pytest.param(
+        b"POST /b/upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        400,
+        id="transfer coding other than chunked",
+    ),
+    pytest.param(
+        b"POST /b/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        id="Content-Length with Transfer-Encoding",
+    ),
+    pytest.param(b"GET /b/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two Host headers"),
+    pytest.param(b"GET /b/x HTTP/1.1\r\nHost: a\r\nX-A: \xff\xfe\r\n\r\n", 200, id="obs-text header value"),
+    pytest.param(b"GET /b/x HTTP/1.0\r\n\r\n", 200, id="HTTP/1.0 without Host"),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), HOSTILE)
+def test_hostile_requests_get_4xx_never_5xx(stack, request_bytes, status):
+    assert _raw_status(stack.url, request_bytes) == status
 
 
 # --- several workers ---------------------------------------------------------------------------------------------
