@@ -7,6 +7,8 @@ A screenshot of each page goes to ``test-artifacts/screenshots/``.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Request, Response, expect
 
 from scripts.devstack import Stack, free_port
 from tests.integration._browser_chromium import DESKTOP, PHONE, chromium, screenshot
@@ -30,6 +32,7 @@ from tests.integration._browser_pages import (
     row,
     rows,
     show,
+    sign_up,
     titles,
     toggle,
     wait_for_tasks,
@@ -211,15 +214,107 @@ def test_journey(stack: Stack, context: BrowserContext, page: Page) -> None:
     expect(rows(page)).to_have_count(0)
 
 
-def test_email_taken_is_shown(stack: Stack, page: Page) -> None:
+def test_email_taken_is_shown(strict_stack: Stack, page: Page) -> None:
     taken = unique_email("taken")
-    sign_up_over_api(stack.public_url, taken)
-    fill_sign_up(page, stack.public_url, email=taken.upper(), password=PASSWORD)
+    sign_up_over_api(strict_stack.public_url, taken)
+    fill_sign_up(page, strict_stack.public_url, email=taken.upper(), password=PASSWORD)
     page.get_by_role("button", name="Create account").click()
     expect(form_error(page)).to_have_text("User already exists. Use another email.")
     expect(page).to_have_url(path_is("/signup"))
     expect(page.get_by_role("button", name="Create account")).to_be_enabled()
     screenshot(page, "signup-email-taken")
+
+
+def test_keyboard_only(stack: Stack, page: Page) -> None:
+    """Every step works from the keyboard: labelled fields in order, Enter submits, Space ticks, Escape cancels."""
+    base = stack.public_url
+    email = unique_email("kim")
+    page.goto(f"{base}/signup")
+    keyboard = page.keyboard
+    keyboard.press("Tab")  # the brand link
+    for field, value in (("name", "Kim"), ("email", email), ("password", PASSWORD)):
+        keyboard.press("Tab")
+        expect(page.locator(f"#{field}")).to_be_focused()
+        keyboard.type(value)
+    keyboard.press("Enter")
+    expect(page).to_have_url(path_is("/tasks"))
+    wait_for_tasks(page)
+
+    new_task = page.get_by_label("New task")
+    new_task.focus()
+    for title in ("First", "Second"):
+        keyboard.type(title)
+        keyboard.press("Enter")
+        expect(row(page, title)).to_have_count(1)
+        expect(new_task).to_be_focused()  # ready for the next one
+
+    first = row(page, "First")
+    first.get_by_role("checkbox").focus()
+    keyboard.press("Space")
+    expect(first).to_have_class("task is-completed")  # drawn from the server's answer
+    expect(first.get_by_role("checkbox")).to_be_checked()
+    expect(first.get_by_role("checkbox")).to_be_focused()
+
+    keyboard.press("Tab")
+    expect(first.get_by_role("button", name="Edit title of First")).to_be_focused()
+    keyboard.press("Enter")
+    editor = page.get_by_role("textbox", name="Task title")
+    expect(editor).to_be_focused()
+    keyboard.type("Never saved")
+    keyboard.press("Escape")
+    expect(titles(page)).to_have_text(["Second", "First"])
+    expect(first.get_by_role("button", name="Edit title of First")).to_be_focused()
+    keyboard.press("Enter")
+    keyboard.type("First, renamed")
+    keyboard.press("Enter")
+    expect(titles(page)).to_have_text(["Second", "First, renamed"])
+
+    # Deleting moves the focus to a neighbour instead of dropping it to the top of the page.
+    page.get_by_role("button", name="Delete Second").focus()
+    keyboard.press("Enter")
+    expect(titles(page)).to_have_text(["First, renamed"])
+    expect(page.get_by_role("button", name="Delete First, renamed")).to_be_focused()
+
+
+def jwt_lifetime(token: str) -> int:
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return int(claims["exp"]) - int(claims["iat"])
+
+
+def test_jwt_is_renewed_before_expiry_and_a_lost_session_leads_to_login(
+    stack: Stack, context: BrowserContext, page: Page
+) -> None:
+    """The page's clock is Playwright's, so the JWT's lifetime passes in an instant (issue 6: "refreshes it
+    before it expires"); identity and the gateway keep real time."""
+    base = stack.public_url
+    issued: list[Response] = []
+    page.on("response", lambda response: issued.append(response) if response.url.endswith("/api/auth/token") else None)
+    page.clock.install()
+    sign_up(page, base, email=unique_email("erin"), password=PASSWORD)
+    assert len(issued) == 1
+    lifetime = jwt_lifetime(issued[0].json()["token"])
+
+    # Not yet: more than a minute of validity left.
+    page.clock.run_for((lifetime - 90) * 1000)
+    add_task(page, "Before renewal")
+    assert len(issued) == 1
+    # A minute before expiry the page fetches a new JWT on its own, and goes on using it.
+    with page.expect_response("**/api/auth/token"):
+        page.clock.run_for(40 * 1000)
+    add_task(page, "After renewal")
+    assert len(issued) == 2
+
+    # The session ends elsewhere (signed out on another device): the next renewal is refused -> login.
+    cookie = next(c for c in context.cookies() if c["name"].endswith("session_token"))
+    with httpx.Client(base_url=base, timeout=10, trust_env=False) as client:
+        ended = client.post(
+            "/api/auth/sign-out",
+            headers={"Cookie": f"{cookie['name']}={cookie['value']}", "Origin": base},
+        )
+        assert ended.status_code == 200, ended.text
+    page.clock.run_for(lifetime * 1000)
+    expect(page).to_have_url(path_is("/login"))
 
 
 @pytest.mark.xfail(
@@ -257,10 +352,35 @@ def test_logged_out_jwt_is_refused_by_the_gateway(stack: Stack, page: Page) -> N
         assert status == 401
 
 
+def test_conflicting_edit_is_reported(strict_stack: Stack, context: BrowserContext, page: Page) -> None:
+    """An error from the tasks API is shown, not swallowed: a stale write is refused (412, If-Match) and the
+    page says so and shows the task as it now is."""
+    base = strict_stack.public_url
+    sign_up(page, base, email=unique_email("fay"), password=PASSWORD)
+    add_task(page, "Shared task")
+    other_tab = context.new_page()
+    other_tab.goto(f"{base}/tasks")
+    wait_for_tasks(other_tab)
+    rename(other_tab, "Shared task", "Renamed in the other tab")
+    other_tab.close()
+
+    page.get_by_role("checkbox", name="Completed: Shared task").click()
+    expect(page.locator("#error-text")).to_have_text(
+        "Could not update the task: It was changed somewhere else; this is the latest version."
+    )
+    expect(titles(page)).to_have_text(["Renamed in the other tab"])
+    expect(page.get_by_role("checkbox", name="Completed: Renamed in the other tab")).not_to_be_checked()
+    screenshot(page, "tasks-error")
+    page.get_by_role("button", name="Dismiss error").click()
+    expect(page.locator("#error")).to_be_hidden()
+
+
 @pytest.fixture(scope="session")
 def strict_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own whose identity allows three attempts per account a minute (its sign-up is one), so the 429 is
-    reached in three attempts without using up the shared stack's per-address budget."""
+    """A stack of its own for the error cases: its identity allows three attempts per account a minute (the
+    sign-up is one), so the 429 comes quickly, and none of this uses up the shared stack's per-address
+    sign-up and sign-in budget (10 a minute, shared by every test through the one gateway address).
+    Session-scoped: it stops with the shared stack at the end of the run."""
     env = {**os.environ, "IDENTITY_RATE_LIMIT_PER_ACCOUNT": "3", "IDENTITY_RATE_LIMIT_WINDOW": "60"}
     ports = {"gateway": free_port(), "identity": free_port(), "tasks": free_port()}
     data: Path = tmp_path_factory.mktemp("strict-stack")

@@ -408,10 +408,15 @@
     tasks = tasks.map((task) => (task.id === updated.id ? updated : task));
   }
 
+  // A busy row ignores clicks instead of disabling its controls: disabling would throw the keyboard focus
+  // out of the row and change the Tab order while the request is in flight.
   function setRowBusy(li, busy) {
     li.classList.toggle("is-busy", busy);
     li.setAttribute("aria-busy", String(busy));
-    for (const control of li.querySelectorAll("input, button")) control.disabled = busy;
+  }
+
+  function isBusy(li) {
+    return li.getAttribute("aria-busy") === "true";
   }
 
   // 412: someone changed the task since this page loaded it (If-Match, issue 5). Show the current one.
@@ -562,15 +567,20 @@
   });
 
   ui.list.addEventListener("click", (event) => {
-    const button = event.target.closest("button[data-action]");
-    if (!button) return;
-    const li = button.closest(".task");
-    if (button.dataset.action === "edit") openEditor(li);
-    else if (button.dataset.action === "delete") remove(li);
+    const control = event.target.closest("[data-action]");
+    if (!control) return;
+    const li = control.closest(".task");
+    if (isBusy(li)) {
+      event.preventDefault(); // for the checkbox: no second toggle while the first is on its way
+      return;
+    }
+    if (control.dataset.action === "edit") openEditor(li);
+    else if (control.dataset.action === "delete") remove(li);
   });
 
   ui.list.addEventListener("dblclick", (event) => {
-    if (event.target.classList.contains("task-title")) openEditor(event.target.closest(".task"));
+    const li = event.target.closest(".task");
+    if (event.target.classList.contains("task-title") && !isBusy(li)) openEditor(li);
   });
 
   // ---- Logging out ---------------------------------------------------------------------------------
