@@ -34,7 +34,8 @@ from gateway.jwks import JwksCache
 from gateway.metrics import CONTENT_TYPE, LIVEZ, METRICS, READYZ, UNMATCHED, Metrics
 from gateway.routing import Router, canonical_path
 from gateway.tokens import TokenVerifier, authorize, extract_bearer
-from gateway.upstream import HttpxUpstream, Timeouts, Upstream, no_cookie_client
+from gateway.upstream import Timeouts, Upstream, no_cookie_client
+from gateway.upstream_aiohttp import AiohttpUpstream
 
 logger = logging.getLogger("gateway")
 
@@ -311,7 +312,8 @@ def create_app(
     jwks_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Gateway:
     """Build the gateway. Every dependency may be passed in (tests pass a clock, a JWKS transport, an upstream);
-    the defaults are the production ones. ``clock`` is wall-clock seconds (token times, proof timestamps)."""
+    the defaults are the production ones: keys fetched with httpx, requests forwarded with aiohttp (measured
+    faster, see gateway/upstream_aiohttp.py). ``clock`` is wall-clock seconds (token times, proof timestamps)."""
     clock = clock or time.time
     closers: list[Callable[[], Awaitable[None]]] = []
     metrics = metrics or Metrics()
@@ -339,7 +341,7 @@ def create_app(
         config,
         verifier=verifier,
         jwks=jwks,
-        upstream=upstream or HttpxUpstream(),
+        upstream=upstream or AiohttpUpstream(),
         metrics=metrics,
         clock=clock,
         closers=tuple(closers),

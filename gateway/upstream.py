@@ -1,5 +1,7 @@
 """The upstream HTTP client behind one small interface, so it can be swapped (issue 7 measured httpx as slow on
-the hot path: httpcore scans its whole pool on every request).
+the hot path: httpcore scans its whole pool on every request). Two implementations: :class:`HttpxUpstream` here
+(in-process tests drive it through ``httpx.MockTransport``) and ``gateway.upstream_aiohttp.AiohttpUpstream``,
+the production default; the loopback tests run every forwarding case against both.
 
     await upstream.send(method, origin, target, headers, body, timeouts) -> UpstreamResponse
         .status, .headers (the raw list), aiter_raw(), aclose()

@@ -128,6 +128,7 @@ class Backend:
         self.in_flight = threading.Event()
         self.requests: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         self.uploads: list[tuple[str, int]] = []  # complete request bodies received on /upload
+        self.targets: list[bytes] = []  # request-targets exactly as received
 
     def release(self) -> None:
         self._loop.call(self._release.set)
@@ -144,6 +145,8 @@ class Backend:
             return
         path = scope["path"]
         self.requests.append((path, list(scope["headers"])))
+        query = scope["query_string"]
+        self.targets.append(scope["raw_path"] + (b"?" + query if query else b""))
         name = path.rsplit("/", 1)[-1]
 
         async def reply(status: int, headers: list[tuple[bytes, bytes]], *chunks: bytes) -> None:
