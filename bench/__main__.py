@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": prereqs.versions(),
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
     }
-    markdown = render_markdown(meta, runs, all_ratios, sign_ins, bursts, profiles)
+    goals = [goal for spec in proxybench.ABSOLUTE_GOALS if (goal := spec.evaluate(runs)) is not None]
+    markdown = render_markdown(meta, runs, all_ratios, goals, sign_ins, bursts, profiles)
     print("\n" + markdown)
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{started:%Y%m%d-%H%M%S}"
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [run.as_dict() for run in runs],
         "targets": median_by_target(runs),
         "ratios": [ratio.as_dict() for ratio in all_ratios],
+        "absolute_goals": goals,
         "sign_ins": [item.as_dict() for item in sign_ins],
         "bursts": bursts,
     }
@@ -311,6 +313,7 @@ def render_markdown(
     meta: dict[str, Any],
     runs: list[Run],
     all_ratios: list[Any],
+    goals: list[dict[str, Any]],
     sign_ins: list[identitybench.SignInRound],
     bursts: list[dict[str, Any]],
     profiles: list[str],
@@ -337,6 +340,8 @@ def render_markdown(
             report.ratios_table(all_ratios),
             "",
         ]
+    if goals:
+        lines += [report.goals_table(goals), ""]
     if sign_ins:
         lines += [
             "### Sign-in latency (sequential, one keep-alive connection)",

@@ -32,7 +32,7 @@ import httpx
 
 from bench import prereqs, procs, wrk
 from bench.proxybench import ROOT, free_port, rotate
-from bench.stats import RatioSpec, Run, check
+from bench.stats import RatioSpec, Run, check, percentile
 
 SERVICES = ("ours", "better-auth")
 ENDPOINTS = {"token": "/api/auth/token", "get-session": "/api/auth/get-session", "jwks": "/api/auth/jwks"}
@@ -97,15 +97,6 @@ def _client(**kwargs: Any) -> httpx.Client:
 
 def _refuse_all() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile (pure)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return ordered[int(rank) - 1]
 
 
 class IdentityRig:

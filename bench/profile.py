@@ -31,6 +31,8 @@ COMPONENTS = (
     ("logging/", "logging"),
     ("json/", "json"),
 )
+# Frames every sample passes through on its way to the event loop: left out of the inclusive table.
+ENTRY_FILES = ("<frozen runpy>", "uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py", "asyncio/runners.py")
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
 
 
@@ -76,7 +78,7 @@ def summarise(collapsed: str, top: int = 20) -> Summary:
         leaf, leaf_file = frames[-1]
         own[leaf] += count
         components[component(leaf_file)] += count
-        for name in {name for name, _ in frames}:
+        for name in {name for name, file in frames if file not in ENTRY_FILES and not file.endswith("__main__.py")}:
             total[name] += count
     return Summary(samples, components.most_common(), own.most_common(top), total.most_common(top))
 

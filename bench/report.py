@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.stats import Ratio, Run, median_by_target
+from bench.stats import Ratio, Run, median_by_target, percentile
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -72,19 +72,31 @@ def ratios_table(ratios: Sequence[Ratio]) -> str:
     return table(["ratio (within each round)", "per round", "median", "goal (issue 7)", "verdict"], rows)
 
 
+def goals_table(goals: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        [
+            goal["name"],
+            ", ".join(f"{value:,.0f}" for value in goal["per_round"]),
+            f"{goal['median']:,.0f} {goal['unit']}",
+            f"<= {goal['limit']:g} {goal['unit']}",
+            "met" if goal["met"] else "NOT met",
+        ]
+        for goal in goals
+    ]
+    return table(["absolute goal", "per round", "median", "goal (issue 7)", "verdict"], rows)
+
+
 def sign_in_table(sign_ins: Sequence[dict[str, Any]]) -> str:
     by_service: dict[str, list[dict[str, Any]]] = {}
     for item in sign_ins:
         by_service.setdefault(item["service"], []).append(item)
     rows = []
     for service, items in by_service.items():
-        latencies = sorted(value for item in items for value in item["latencies_ms"])
+        latencies = [value for item in items for value in item["latencies_ms"]]
 
         def pct(p: float, values: list[float] = latencies) -> str:
-            if not values:
-                return "-"
-            rank = max(1, -(-len(values) * p // 100))
-            return f"{values[int(rank) - 1]:.1f}"
+            value = percentile(values, p)
+            return "-" if value is None else f"{value:.1f}"
 
         rows.append(
             [
@@ -164,7 +176,7 @@ def chart(ratios: Sequence[Ratio], path: Path, title: str) -> None:
         ax.scatter(points, [y] * len(points), color="black", s=10, zorder=3)
         if ratio.spec.goal is not None:
             ax.plot([ratio.spec.goal] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
-        ax.text((ratio.median or 0) + 0.02, y, f"{ratio.median:.2f}", va="center", fontsize=8)
+        ax.text((ratio.median or 0) * 1.08, y + 0.25, f"{ratio.median:.2f}", va="center", fontsize=8)
     ax.set_yticks(list(ys))
     ax.set_yticklabels(names, fontsize=8)
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,15 @@ def check(run: Run, *, token_cache: bool) -> Run:
     return run
 
 
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least ``pct`` % of the values at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * pct / 100))
+    return ordered[rank - 1]
+
+
 Metric = Literal["rps", "p99_ms", "cpu_us_per_request"]
 
 
@@ -90,6 +100,38 @@ class Ratio:
             "per_round": self.per_round,
             "median": self.median,
             "meets_goal": self.meets_goal,
+        }
+
+
+@dataclass(frozen=True)
+class AbsoluteGoal:
+    """A bound on one target's median (lower is better), e.g. CPU per request."""
+
+    name: str
+    scenario: str
+    target: str
+    metric: Metric
+    limit: float
+    unit: str
+
+    def evaluate(self, runs: Iterable[Run]) -> dict[str, Any] | None:
+        values = [
+            value
+            for run in runs
+            if run.scenario == self.scenario and run.target == self.target and run.valid
+            for value in [_value(run, self.metric)]
+            if value is not None
+        ]
+        if not values:
+            return None
+        median = statistics.median(values)
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "per_round": values,
+            "median": median,
+            "limit": self.limit,
+            "met": median <= self.limit,
         }
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench import configs, identitybench, prereqs, profile, proxybench, wrk
-from bench.stats import RatioSpec, Run, check, median_by_target, ratios
+from bench import configs, prereqs, profile, proxybench, wrk
+from bench.stats import AbsoluteGoal, RatioSpec, Run, check, median_by_target, percentile, ratios
 
 WRK_STDOUT = """Running 10s test @ http://127.0.0.1:8080/api/x/items
   1 threads and 32 connections
@@ -138,7 +138,7 @@ def test_median_by_target_ignores_invalid_rounds() -> None:
     ],
 )
 def test_percentile_is_nearest_rank(values: list[float], pct: float, expected: float | None) -> None:
-    assert identitybench.percentile(values, pct) == expected
+    assert percentile(values, pct) == expected
 
 
 def test_rotate_starts_each_round_one_target_later() -> None:
@@ -181,7 +181,7 @@ def test_profile_summary_by_component_self_and_inclusive() -> None:
     assert dict(summary.by_component) == {"gateway (our code)": 50, "PyJWT": 30, "asyncio event loop": 20}
     assert summary.by_self[0] == ("handle (gateway/app.py)", 50)
     assert dict(summary.by_total)["handle (gateway/app.py)"] == 80
-    assert dict(summary.by_total)["run (asyncio/base_events.py)"] == 100
+    assert dict(summary.by_total)["run (asyncio/base_events.py)"] == 100  # not an entry frame: kept
     text = profile.render(summary, 200.0, "t")
     assert "| PyJWT | 30.0% | 60 |" in text
 
@@ -198,3 +198,24 @@ def test_haproxy_config_checks_what_an_owner_route_checks(tmp_path) -> None:
         "deny_status 403",
     ):
         assert needle in text
+
+
+def test_absolute_goal_uses_the_median_of_valid_rounds() -> None:
+    runs = [
+        _run(1, "warm", "ours", 1, cpu_us_per_request=140.0),
+        _run(2, "warm", "ours", 1, cpu_us_per_request=170.0),
+        _run(3, "warm", "ours", 1, cpu_us_per_request=160.0),
+        _run(4, "warm", "ours", 1, cpu_us_per_request=10.0, non_2xx=1),
+    ]
+    for run in runs:
+        check(run, token_cache=False)
+    goal = AbsoluteGoal("cpu", "warm", "ours", "cpu_us_per_request", 150.0, "µs").evaluate(runs)
+    assert goal is not None
+    assert (goal["median"], goal["met"]) == (160.0, False)
+    assert AbsoluteGoal("cpu", "cold", "ours", "cpu_us_per_request", 150.0, "µs").evaluate(runs) is None
+
+
+def test_profile_inclusive_table_leaves_out_entry_frames() -> None:
+    collapsed = "_run_code (<frozen runpy>:88);main (gateway/__main__.py:5);Runner.run (asyncio/runners.py:118);h (gateway/app.py:1) 4"
+    summary = profile.summarise(collapsed)
+    assert [name for name, _ in summary.by_total] == ["h (gateway/app.py)"]
