@@ -216,6 +216,9 @@ def test_absolute_goal_uses_the_median_of_valid_rounds() -> None:
 
 
 def test_profile_inclusive_table_leaves_out_entry_frames() -> None:
-    collapsed = "_run_code (<frozen runpy>:88);main (gateway/__main__.py:5);Runner.run (asyncio/runners.py:118);h (gateway/app.py:1) 4"
+    collapsed = (
+        "_run_code (<frozen runpy>:88);main (gateway/__main__.py:5);Runner.run (asyncio/runners.py:118);"
+        "h (gateway/app.py:1) 4"
+    )
     summary = profile.summarise(collapsed)
     assert [name for name, _ in summary.by_total] == ["h (gateway/app.py)"]
