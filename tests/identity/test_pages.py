@@ -7,7 +7,9 @@ only. The last test drives the real identity app: its session cookie opens /task
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -314,3 +316,20 @@ async def test_identity_app_serves_the_pages_by_its_session_cookie(h: Any) -> No
     assert (after.status_code, after.headers["location"]) == (303, "/login")
     assert (await h.client.get("/login", headers=as_browser)).status_code == 200
     assert (await h.client.get("/tasks")).status_code == 303
+
+
+@pytest.mark.xfail(
+    reason="pyproject.toml package-data has no *.svg yet (asked of the lead): a wheel would lack the icons "
+    "and identity would refuse to start; remove this marker once it is added",
+    strict=True,
+)
+def test_every_static_file_is_packaged() -> None:
+    """The pages are read from the installed package: a file left out of the wheel stops identity at start-up."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    missing = [
+        str(path.relative_to(STATIC_DIR))
+        for path in STATIC_DIR.rglob("*")
+        if path.is_file() and not any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
+    ]
+    assert missing == []
