@@ -197,12 +197,14 @@ class HangingUpstream:
 
     def __init__(self) -> None:
         self.connections = 0
+        self.closed = threading.Event()  # set when the gateway closed a connection (EOF)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             while await reader.read(65536):  # until the gateway gives up and closes the connection
                 pass
+            self.closed.set()
         except (asyncio.CancelledError, ConnectionError):
             pass  # LoopThread.close(); a cancelled handler task would make asyncio log an error
         finally:

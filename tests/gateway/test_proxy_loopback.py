@@ -50,6 +50,7 @@ class Stack:
             # A host name, not an address: cookie jars (aiohttp's) refuse to store cookies for bare IPs anyway.
             {"path": "/named/{rest:path}", "upstream": backend.replace("127.0.0.1", "localhost"), "auth": "public"},
             {"path": "/hang/{rest:path}", "upstream": hanging, "auth": "public", "timeout": 0.5},
+            {"path": "/hang-long/{rest:path}", "upstream": hanging, "auth": "public", "timeout": 30},
             {"path": "/endless/{rest:path}", "upstream": endless, "auth": "public"},
             {"path": "/refused/{rest:path}", "upstream": refused, "auth": "public", "connect_timeout": 1},
         ]
@@ -157,6 +158,14 @@ def test_client_disconnect_frees_the_upstream_connection(stack):
         assert next(response.iter_raw())
     # Closing an unfinished response closes the client's connection; the gateway must close its upstream one.
     assert stack.endless.closed.wait(3)
+
+
+def test_client_giving_up_on_a_slow_upstream_frees_the_upstream_connection(stack):
+    stack.hanging.closed.clear()
+    with httpx.Client(base_url=stack.url, timeout=0.3, trust_env=False) as client, pytest.raises(httpx.ReadTimeout):
+        client.get("/hang-long/x")
+    # The route would wait 30 s; the client left after 0.3 s, and so must the gateway's upstream connection.
+    assert stack.hanging.closed.wait(3)
 
 
 def test_streamed_upload_over_the_limit_is_refused(stack):
