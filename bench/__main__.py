@@ -30,17 +30,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Example: make bench BENCH_ARGS='--rounds 3 --duration 5 --scenarios warm,cold'",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; ratios are taken within each")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (proxy side)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (proxy side)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds; ratios are taken within each (default 3)"
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads, proxy side (default 1)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections, proxy side (default 32)")
     parser.add_argument(
         "--scenarios",
         default=",".join(ALL_SCENARIOS),
-        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)}",
+        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} (default: all)",
     )
     parser.add_argument(
         "--cold-tokens",
@@ -48,12 +49,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="distinct tokens per cold run (default: 7000 per second of --duration, at least 20000)",
     )
-    parser.add_argument("--identity-duration", type=float, default=None, help="seconds per identity wrk run")
-    parser.add_argument("--identity-connections", type=int, default=10, help="wrk connections (identity side)")
-    parser.add_argument("--sign-ins", type=int, default=10, help="sequential sign-ins per service per round")
-    parser.add_argument("--burst-window", type=float, default=6.0, help="seconds of /jwks+/token load around the burst")
     parser.add_argument(
-        "--burst-connections", type=int, default=4, help="wrk connections per endpoint in the burst check"
+        "--identity-duration", type=float, default=None, help="seconds per identity wrk run (default: --duration)"
+    )
+    parser.add_argument(
+        "--identity-connections", type=int, default=10, help="wrk connections, identity side (default 10)"
+    )
+    parser.add_argument(
+        "--sign-ins", type=int, default=10, help="sequential sign-ins per service per round (default 10)"
+    )
+    parser.add_argument(
+        "--burst-window",
+        type=float,
+        default=6.0,
+        help="seconds of the burst check's baseline /jwks + /token load (default 6)",
+    )
+    parser.add_argument(
+        "--burst-connections", type=int, default=4, help="wrk connections per endpoint in the burst check (default 4)"
     )
     parser.add_argument(
         "--gateway-access-log",
@@ -62,8 +74,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="also sample the gateway with py-spy (warm and cold)")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing tools")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="output directory")
-    parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "bench-ratios.png", help="ratio chart (PNG)")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "bench" / "results", help="output directory (default bench/results)"
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        default=ROOT / "docs" / "bench-ratios.png",
+        help="ratio chart, PNG (default docs/bench-ratios.png)",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not write the chart")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args(argv)
