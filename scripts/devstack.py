@@ -103,6 +103,9 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "IDENTITY_BASE_URL": self.public_url,
         }
+        # Identity sees every client through the gateway on loopback; without this, all clients would share
+        # one rate-limit bucket. The gateway sets X-Forwarded-For from the real peer (README, "Client address").
+        self.env.setdefault("IDENTITY_TRUSTED_PROXIES", "127.0.0.1/32")
         self.env.setdefault("IDENTITY_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'identity.db'}")
         self.env.setdefault("TASKS_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'tasks.db'}")
         if self.ports == DEFAULT_PORTS:

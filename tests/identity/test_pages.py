@@ -318,11 +318,6 @@ async def test_identity_app_serves_the_pages_by_its_session_cookie(h: Any) -> No
     assert (await h.client.get("/tasks")).status_code == 303
 
 
-@pytest.mark.xfail(
-    reason="pyproject.toml package-data has no *.svg yet (asked of the lead): a wheel would lack the icons "
-    "and identity would refuse to start; remove this marker once it is added",
-    strict=True,
-)
 def test_every_static_file_is_packaged() -> None:
     """The pages are read from the installed package: a file left out of the wheel stops identity at start-up."""
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
