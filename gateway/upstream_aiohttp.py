@@ -20,6 +20,7 @@ never retried.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import aiohttp
@@ -35,6 +36,15 @@ def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return GatewayTimeout()
     return BadGateway()
+
+
+@functools.lru_cache(maxsize=256)
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """Per route, built once. ``connect`` also bounds the wait for a free pooled connection; ``sock_read`` bounds
+    every wait for the upstream (the response head, then each body chunk), like httpx's read timeout."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
+    )
 
 
 class _Body:
@@ -114,9 +124,7 @@ class AiohttpUpstream:
                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
                 data=data,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
-                ),
+                timeout=_client_timeout(timeouts),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             if data is not None and data.error is not None:
