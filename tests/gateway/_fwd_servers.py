@@ -238,3 +238,20 @@ class EndlessUpstream:
             self.closed_after = time.monotonic() - started
             self.closed.set()
             writer.close()
+
+
+class ScriptedUpstream:
+    """Answers every request with the given raw bytes, then closes the connection (garbage, truncated bodies)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(self.answer)
+            await writer.drain()
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()

@@ -23,7 +23,15 @@ from gateway.app import create_app
 from gateway.upstream import HttpxUpstream
 from gateway.upstream_aiohttp import AiohttpUpstream
 from tests.gateway._fwd_fixtures import gateway_config
-from tests.gateway._fwd_servers import Backend, EndlessUpstream, HangingUpstream, LoopThread, free_port, wait_live
+from tests.gateway._fwd_servers import (
+    Backend,
+    EndlessUpstream,
+    HangingUpstream,
+    LoopThread,
+    ScriptedUpstream,
+    free_port,
+    wait_live,
+)
 from tests.gateway.conftest import PROOF_SECRET
 
 pytestmark = pytest.mark.integration
@@ -44,6 +52,11 @@ class Stack:
         hanging = f"http://127.0.0.1:{self.loop.start_raw(self.hanging)}"
         endless = f"http://127.0.0.1:{self.loop.start_raw(self.endless)}"
         refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        garbage = self.loop.start_raw(ScriptedUpstream(b"this is not HTTP\r\n\r\n"))
+        short = self.loop.start_raw(ScriptedUpstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"))
+        cut = self.loop.start_raw(
+            ScriptedUpstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n")
+        )
         routes = [
             {"path": "/b/{rest:path}", "upstream": backend, "auth": "public", "timeout": 5},
             {"path": "/small/{rest:path}", "upstream": backend, "auth": "public", "max_body_bytes": 16},
@@ -53,6 +66,9 @@ class Stack:
             {"path": "/hang-long/{rest:path}", "upstream": hanging, "auth": "public", "timeout": 30},
             {"path": "/endless/{rest:path}", "upstream": endless, "auth": "public"},
             {"path": "/refused/{rest:path}", "upstream": refused, "auth": "public", "connect_timeout": 1},
+            {"path": "/garbage/{rest:path}", "upstream": f"http://127.0.0.1:{garbage}", "auth": "public"},
+            {"path": "/short/{rest:path}", "upstream": f"http://127.0.0.1:{short}", "auth": "public"},
+            {"path": "/cut/{rest:path}", "upstream": f"http://127.0.0.1:{cut}", "auth": "public"},
         ]
         self.backend_url = backend
         self.config = gateway_config(routes, issuers=[])
@@ -139,6 +155,21 @@ def test_connection_refused_is_502(client):
     response = client.post("/refused/x", content=b"data")
     assert response.status_code == 502
     assert response.json()["error"] == "bad_gateway"
+
+
+def test_an_upstream_speaking_garbage_is_502(client):
+    response = client.get("/garbage/x")
+    assert response.status_code == 502
+    assert response.json()["error"] == "bad_gateway"
+
+
+@pytest.mark.parametrize("path", [pytest.param("/short/x", id="Content-Length"), pytest.param("/cut/x", id="chunked")])
+def test_an_upstream_dying_mid_body_aborts_the_client_connection(client, path):
+    # The head is already out, so a 502 is impossible: the client must see a broken response, never a short
+    # body that looks complete.
+    with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", path) as response:
+        assert response.status_code == 200
+        response.read()
 
 
 def test_hanging_upstream_is_504_within_the_route_timeout(client):
