@@ -13,9 +13,10 @@ The traps of a shared client, disarmed one by one:
 * the request-target is built with ``encoded=True``, so yarl neither re-quotes nor normalises the path the
   access decision and the proof were made on.
 
-aiohttp retries an idempotent request once when a pooled keep-alive connection turns out to be closed by the
-upstream before any response (RFC 9112 §9.3.1 allows it); connect errors and every non-idempotent request are
-never retried.
+aiohttp retries an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) once when the upstream drops the
+connection before answering and no request body has been consumed yet (RFC 9112 §9.3.1 allows it; it is what
+saves a request sent on a keep-alive connection the upstream had just closed). Connect failures are not retried,
+and neither is any non-idempotent request (POST, PATCH): test_proxy_loopback.py checks both.
 """
 
 from __future__ import annotations

@@ -245,8 +245,10 @@ class ScriptedUpstream:
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
+        self.requests = 0
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.requests += 1
         try:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(self.answer)

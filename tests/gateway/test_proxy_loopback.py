@@ -54,9 +54,10 @@ class Stack:
         refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         garbage = self.loop.start_raw(ScriptedUpstream(b"this is not HTTP\r\n\r\n"))
         short = self.loop.start_raw(ScriptedUpstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"))
-        cut = self.loop.start_raw(
-            ScriptedUpstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n")
-        )
+        chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n"
+        cut = self.loop.start_raw(ScriptedUpstream(chunked))  # no last chunk: the body never ends properly
+        self.dropping = ScriptedUpstream(b"")  # reads the request head, closes without a word
+        dropping = self.loop.start_raw(self.dropping)
         routes = [
             {"path": "/b/{rest:path}", "upstream": backend, "auth": "public", "timeout": 5},
             {"path": "/small/{rest:path}", "upstream": backend, "auth": "public", "max_body_bytes": 16},
@@ -67,6 +68,7 @@ class Stack:
             {"path": "/endless/{rest:path}", "upstream": endless, "auth": "public"},
             {"path": "/refused/{rest:path}", "upstream": refused, "auth": "public", "connect_timeout": 1},
             {"path": "/garbage/{rest:path}", "upstream": f"http://127.0.0.1:{garbage}", "auth": "public"},
+            {"path": "/drop/{rest:path}", "upstream": f"http://127.0.0.1:{dropping}", "auth": "public"},
             {"path": "/short/{rest:path}", "upstream": f"http://127.0.0.1:{short}", "auth": "public"},
             {"path": "/cut/{rest:path}", "upstream": f"http://127.0.0.1:{cut}", "auth": "public"},
         ]
@@ -161,6 +163,24 @@ def test_an_upstream_speaking_garbage_is_502(client):
     response = client.get("/garbage/x")
     assert response.status_code == 502
     assert response.json()["error"] == "bad_gateway"
+
+
+@pytest.mark.parametrize(
+    ("method", "content", "most"),
+    [
+        pytest.param("POST", b"data", 1, id="POST: never retried"),
+        pytest.param("PATCH", b"data", 1, id="PATCH: never retried"),
+        pytest.param("POST", None, 1, id="POST without a body: never retried"),
+        pytest.param("GET", None, 2, id="GET: at most one retry"),
+    ],
+)
+def test_an_upstream_dropping_the_connection_is_502_and_non_idempotent_requests_are_not_retried(
+    stack, client, method, content, most
+):
+    before = stack.dropping.requests
+    response = client.request(method, "/drop/x", content=content)
+    assert response.status_code == 502
+    assert 1 <= stack.dropping.requests - before <= most
 
 
 @pytest.mark.parametrize("path", [pytest.param("/short/x", id="Content-Length"), pytest.param("/cut/x", id="chunked")])
