@@ -1,9 +1,9 @@
 """The ``tasks`` table and the task as the API shows it.
 
 The indexes serve the list endpoint's keyset pagination: every sort is ``(sort key, id)`` within one user,
-with and without the ``completed`` filter, so a page is an index range scan whatever the table's size
-(``bench`` numbers in the README). ``due`` sorts undated tasks after every dated one, as if due on
-9999-12-31: the same order on SQLite and PostgreSQL and one index per direction.
+with and without the ``completed`` filter, so a page is one index range scan however large the table.
+``due`` sorts undated tasks after every dated one, as if due on 9999-12-31: the same order on SQLite and
+PostgreSQL, served by one index in both directions.
 """
 
 from __future__ import annotations
@@ -70,7 +70,11 @@ tasks = Table(
 #: Spelled as a literal, not a bound parameter: SQLite uses an index on an expression only when the query
 #: repeats the expression exactly as the index declares it.
 DUE_SORT_SQL = "coalesce(due_date, '9999-12-31')"
-due_sort: ColumnElement[dt.date] = func.coalesce(tasks.c.due_date, literal_column("'9999-12-31'", Date))
+#: The sentinel, always as SQL text: asyncpg sends ``date.max`` (9999-12-31) as PostgreSQL's ``infinity``, so
+#: a bound 9999-12-31 would never equal it. For the same reason due dates stop at 9999-12-30 (validation).
+UNDATED_SORT_KEY: ColumnElement[dt.date] = literal_column("'9999-12-31'", Date)
+LAST_DUE_DATE = dt.date(9999, 12, 30)
+due_sort: ColumnElement[dt.date] = func.coalesce(tasks.c.due_date, UNDATED_SORT_KEY)
 
 Index("ix_tasks_user_created", tasks.c.user_id, tasks.c.created_at, tasks.c.id)
 Index("ix_tasks_user_title", tasks.c.user_id, tasks.c.title, tasks.c.id)

@@ -28,9 +28,8 @@ SortKey = Literal["created", "title", "due"]
 
 STATUSES: tuple[Status, ...] = ("all", "pending", "completed")
 SORT_KEYS: tuple[SortKey, ...] = ("created", "title", "due")
-UNDATED = dt.date(9999, 12, 31)  # where ``due`` sorts a task without a due date (models.DUE_SORT_SQL)
-
-CursorValue = dt.datetime | dt.date | str
+#: None: a task without a due date, which ``due`` sorts after every dated one.
+CursorValue = dt.datetime | dt.date | str | None
 
 
 @dataclass(frozen=True)
@@ -62,12 +61,12 @@ def sort_value(sort: Sort, task: Task) -> CursorValue:
         return task.created_at
     if sort.key == "title":
         return task.title
-    return task.due_date or UNDATED
+    return task.due_date
 
 
 def encode_cursor(sort: Sort, task: Task) -> str:
     value = sort_value(sort, task)
-    shown = value if isinstance(value, str) else value.isoformat()
+    shown = value if value is None or isinstance(value, str) else value.isoformat()
     raw = json.dumps({"s": sort.name, "v": shown, "i": task.id}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -80,17 +79,17 @@ def decode_cursor(sort: Sort, cursor: str) -> Cursor:
         sort_name, raw, task_id = data["s"], data["v"], data["i"]
     except (ValueError, TypeError, KeyError) as exc:  # binascii, JSON and UTF-8 errors are ValueErrors
         raise ValueError(not_ours) from exc
-    if not isinstance(raw, str) or not isinstance(task_id, str):
+    if not isinstance(raw, str | None) or not isinstance(task_id, str) or (raw is None and sort.key != "due"):
         raise ValueError(not_ours)
     if sort_name != sort.name:
         raise ValueError(f"was issued for sort={sort_name}, not sort={sort.name}")
     value: CursorValue = raw
     try:
-        if sort.key == "created":
+        if sort.key == "created" and raw is not None:
             value = dt.datetime.fromisoformat(raw)
             if value.tzinfo is None:
                 raise ValueError("naive")
-        elif sort.key == "due":
+        elif sort.key == "due" and raw is not None:
             value = dt.date.fromisoformat(raw)
     except ValueError as exc:
         raise ValueError(not_ours) from exc

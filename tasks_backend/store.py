@@ -13,12 +13,12 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from sqlalchemy import Row, delete, insert, not_, select, tuple_, update
+from sqlalchemy import Row, delete, insert, literal, not_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from tasks_backend.errors import NotFound, PreconditionFailed
-from tasks_backend.models import Task, due_sort, tasks
+from tasks_backend.models import UNDATED_SORT_KEY, Task, due_sort, tasks
 from tasks_backend.pagination import ListQuery, SortKey
 from tasks_backend.preconditions import IfMatch
 
@@ -83,7 +83,8 @@ class TaskStore:
             stmt = stmt.where(tasks.c.completed == (query.status == "completed"))
         if query.after is not None:
             position = tuple_(key, tasks.c.id)
-            after = (query.after.value, query.after.id)
+            value = UNDATED_SORT_KEY if query.after.value is None else literal(query.after.value, key.type)
+            after = tuple_(value, literal(query.after.id, tasks.c.id.type))
             stmt = stmt.where(position < after if query.sort.descending else position > after)
         if query.sort.descending:
             stmt = stmt.order_by(key.desc(), tasks.c.id.desc())

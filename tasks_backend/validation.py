@@ -4,7 +4,8 @@ Decisions (documented in the README):
 - ``title``: a string, surrounding whitespace stripped, then 1-200 characters, no control characters.
 - ``description``: a string of at most 1000 characters, stored verbatim (newlines and tabs allowed, other
   control characters not), or ``null``.
-- ``due_date``: a calendar date ``YYYY-MM-DD`` (a day, so no time zone to get wrong), or ``null``.
+- ``due_date``: a calendar date ``YYYY-MM-DD`` (a day, so no time zone to get wrong) up to 9999-12-30 (the
+  last day is the "no due date" sort key; ``models.UNDATED_SORT_KEY``), or ``null``.
 - ``completed``: ``true`` or ``false``.
 - Unknown keys are rejected (422), and so are the read-only ones (``id``, ``user_id``, ``created_at``,
   ``updated_at``, ``version``): a typo must not look like a successful write.
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from tasks_backend.errors import ValidationFailed
-from tasks_backend.models import DESCRIPTION_MAX, TITLE_MAX
+from tasks_backend.models import DESCRIPTION_MAX, LAST_DUE_DATE, TITLE_MAX
 
 Mode = Literal["create", "replace", "patch"]
 
@@ -71,10 +72,12 @@ def _due_date(value: object) -> tuple[dt.date | None, str | None]:
         return None, None
     if isinstance(value, str) and _DATE.fullmatch(value):
         try:
-            return dt.date.fromisoformat(value), None
+            day = dt.date.fromisoformat(value)
         except ValueError:
-            pass
-    return None, "must be a date as YYYY-MM-DD, or null"
+            day = None
+        if day is not None and day <= LAST_DUE_DATE:
+            return day, None
+    return None, f"must be a date as YYYY-MM-DD, at most {LAST_DUE_DATE.isoformat()}, or null"
 
 
 def _completed(value: object) -> tuple[bool | None, str | None]:

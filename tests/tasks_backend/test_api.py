@@ -49,6 +49,8 @@ async def row_count(engine) -> int:
         ),
         pytest.param({"title": "t", "description": "d" * 1000}, {"description": "d" * 1000}, id="description 1000"),
         pytest.param({"title": "t", "description": None, "due_date": None}, {"due_date": None}, id="explicit nulls"),
+        pytest.param({"title": "t", "due_date": "9999-12-30"}, {"due_date": "9999-12-30"}, id="the last due date"),
+        pytest.param({"title": "t", "due_date": "0001-01-01"}, {"due_date": "0001-01-01"}, id="the first due date"),
         pytest.param({"title": "t", "completed": True}, {"completed": True}, id="created completed"),
     ],
 )
@@ -100,6 +102,7 @@ INVALID_BODIES = [
     pytest.param({"title": "t", "due_date": "tomorrow"}, {"due_date"}, id="due date words"),
     pytest.param({"title": "t", "due_date": "2025-01-01T00:00:00Z"}, {"due_date"}, id="due date a datetime"),
     pytest.param({"title": "t", "due_date": "20250101"}, {"due_date"}, id="due date basic format"),
+    pytest.param({"title": "t", "due_date": "9999-12-31"}, {"due_date"}, id="due date past the last day"),
     pytest.param({"title": "t", "due_date": 20250101}, {"due_date"}, id="due date a number"),
     pytest.param({"title": "t", "completed": "yes"}, {"completed"}, id="completed a string"),
     pytest.param({"title": "t", "completed": 1}, {"completed"}, id="completed a number"),
