@@ -331,9 +331,19 @@ def _requests_by_pid(directory: Path, route: str) -> dict[str, float]:
     return counts
 
 
-def test_two_workers_serve_and_metrics_are_summed(stack, tmp_path):
+@pytest.fixture(scope="module")
+def backend_url():
+    """A backend of its own: the workers test runs the CLI once, whichever upstream client ``stack`` is on."""
+    loop = LoopThread()
+    try:
+        yield f"http://127.0.0.1:{loop.start_uvicorn(Backend(loop))}"
+    finally:
+        loop.close()
+
+
+def test_two_workers_serve_and_metrics_are_summed(backend_url, tmp_path):
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[[routes]]\npath = "/b/{{rest:path}}"\nupstream = "{stack.backend_url}"\nauth = "public"\n')
+    config.write_text(f'[[routes]]\npath = "/b/{{rest:path}}"\nupstream = "{backend_url}"\nauth = "public"\n')
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     port = free_port()
