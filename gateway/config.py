@@ -31,6 +31,19 @@ configuration it does not fully understand, so an unknown key anywhere is an err
     jwks_timeout = 5.0                # seconds for one whole JWKS fetch
     jwks_max_bytes = 262144           # bytes; a bigger JWKS response is refused
     jwks_refetch_cooldown = 10.0      # seconds between fetches triggered by unknown kids or retries after failure
+    revocation_url = "https://id.example/api/auth/revocations"  # optional; the issuer's revocation feed
+                                      # (gateway/revocation.py). Absent: tokens are plain JWTs, never revoked.
+                                      # The other revocation_* keys are allowed only with it.
+    revocation_poll_interval = 1.0    # seconds between polls (issue 9: revoked within 2 s on every replica)
+    revocation_timeout = 2.0          # seconds for one whole feed request
+    revocation_max_bytes = 4194304    # bytes; a bigger feed response is refused
+    revocation_max_entries = 1000000  # revoked sessions remembered at once; a feed that would exceed it is refused
+    revocation_stale_after = 10.0     # seconds without a complete poll after which the list is out of date
+    revocation_on_stale = "refuse"    # refuse | accept: what an out-of-date list means for tokens with a sid.
+                                      # refuse (default, fail closed): such tokens get 503 + Retry-After and
+                                      # /readyz answers 503, so a revoked session never passes unnoticed.
+                                      # accept: keep serving with the last known list (still enforced); only
+                                      # the metrics show it. Either way the last known list is never dropped.
 
     [[routes]]                        # matched in file order; the first match wins; no match is 404
     path = "/api/{user_id}/{rest:path}"  # required; Starlette template: {name}, {name:str}, {name:int}, {name:path}
@@ -69,6 +82,8 @@ from gateway.routing import TemplateError, canonical_path, compile_template
 
 AuthMode = Literal["public", "authenticated", "owner"]
 AUTH_MODES: tuple[AuthMode, ...] = ("public", "authenticated", "owner")
+StalePolicy = Literal["refuse", "accept"]
+STALE_POLICIES: tuple[StalePolicy, ...] = ("refuse", "accept")
 DEFAULT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 #: Asymmetric JWS algorithms PyJWT implements (RFC 7518 §3.1, RFC 8037). HS* and "none" are never accepted:
 #: a symmetric algorithm would make a public JWKS key an HMAC secret (algorithm confusion, RFC 8725 §2.1).
@@ -99,6 +114,13 @@ class IssuerConfig:
     jwks_timeout: float = 5.0
     jwks_max_bytes: int = 262_144
     jwks_refetch_cooldown: float = 10.0
+    revocation_url: str | None = None
+    revocation_poll_interval: float = 1.0
+    revocation_timeout: float = 2.0
+    revocation_max_bytes: int = 4 * 1024 * 1024
+    revocation_max_entries: int = 1_000_000
+    revocation_stale_after: float = 10.0
+    revocation_on_stale: StalePolicy = "refuse"
 
 
 @dataclass(frozen=True)
@@ -317,6 +339,7 @@ def _issuer(data: Any, where: str, problems: list[str]) -> IssuerConfig | None:
     timeout = reader.number("jwks_timeout", 5.0, low=0.01, high=120)
     max_bytes = reader.integer("jwks_max_bytes", 262_144, low=1024, high=16 * 1024 * 1024)
     cooldown = reader.number("jwks_refetch_cooldown", 10.0, low=0, high=3600)
+    revocation = _revocation(reader)
     reader.finish()
     if len(problems) > before or issuer is None or audiences is None or jwks_url is None:
         return None
@@ -330,7 +353,39 @@ def _issuer(data: Any, where: str, problems: list[str]) -> IssuerConfig | None:
         jwks_timeout=timeout,
         jwks_max_bytes=max_bytes,
         jwks_refetch_cooldown=cooldown,
+        **revocation,
     )
+
+
+def _revocation(reader: _Reader) -> dict[str, Any]:
+    """The issuer's ``revocation_*`` keys (issue 9). Without ``revocation_url`` none of the others may be set: a
+    poll interval without a feed is a typo that would leave an operator believing sign-outs are enforced."""
+    keys = ("poll_interval", "timeout", "max_bytes", "max_entries", "stale_after", "on_stale")
+    if not reader.has("revocation_url"):
+        for key in keys:
+            if reader.has(f"revocation_{key}"):
+                reader.problem(f"revocation_{key}", "is allowed only with revocation_url")
+        return {}
+    url = _http_url(reader, "revocation_url", origin=False)
+    interval = reader.number("revocation_poll_interval", 1.0, low=0.05, high=60)
+    timeout = reader.number("revocation_timeout", 2.0, low=0.01, high=60)
+    max_bytes = reader.integer("revocation_max_bytes", 4 * 1024 * 1024, low=1024, high=256 * 1024 * 1024)
+    max_entries = reader.integer("revocation_max_entries", 1_000_000, low=1, high=100_000_000)
+    stale_after = reader.number("revocation_stale_after", 10.0, low=0.1, high=86_400)
+    if stale_after <= interval:
+        reader.problem("revocation_stale_after", "must be longer than revocation_poll_interval")
+    on_stale = reader.string("revocation_on_stale", "refuse")
+    if on_stale not in STALE_POLICIES:
+        reader.problem("revocation_on_stale", f"must be one of {', '.join(STALE_POLICIES)}, not {on_stale!r}")
+    return {
+        "revocation_url": url,
+        "revocation_poll_interval": interval,
+        "revocation_timeout": timeout,
+        "revocation_max_bytes": max_bytes,
+        "revocation_max_entries": max_entries,
+        "revocation_stale_after": stale_after,
+        "revocation_on_stale": on_stale,
+    }
 
 
 @dataclass(frozen=True)
