@@ -13,7 +13,8 @@ the server aborts the connection and a truncated body cannot pass for a whole on
 
 It is a plain ASGI callable rather than a Starlette app: there is exactly one endpoint, and streaming,
 disconnect handling and raw header lists are easier to get right without a framework in between. The
-lifespan starts the JWKS cache and closes it and the upstream client.
+lifespan starts the JWKS cache and the revocation feeds (gateway/revocation.py) and closes them and the upstream
+client.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway.config import GatewayConfig, RouteConfig
 from gateway.errors import GatewayError, InvalidToken, MethodNotAllowed, MissingToken, NotFound, ServiceUnavailable
 from gateway.jwks import JwksCache
 from gateway.metrics import CONTENT_TYPE, LIVEZ, METRICS, READYZ, UNMATCHED, Metrics
+from gateway.revocation import RevocationFeed
 from gateway.routing import Router, canonical_path
 from gateway.tokens import TokenVerifier, authorize, extract_bearer
 from gateway.upstream import Timeouts, Upstream, no_cookie_client
@@ -84,10 +86,12 @@ class Gateway:
         metrics: Metrics,
         clock: Callable[[], float],
         closers: tuple[Callable[[], Awaitable[None]], ...] = (),
+        revocations: RevocationFeed | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
         self.jwks = jwks
+        self.revocations = revocations
         self.upstream = upstream
         self.metrics = metrics
         self.clock = clock
@@ -129,11 +133,15 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        """Fetch every issuer's keys (failures leave /readyz at 503, they do not stop start-up)."""
+        """Fetch every issuer's keys and revocation list (failures leave /readyz at 503, they do not stop start-up)."""
         await self.jwks.start()
+        if self.revocations is not None:
+            await self.revocations.start()
 
     async def shutdown(self) -> None:
         await self.jwks.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()
         await self.upstream.aclose()
         for close in self._closers:
             await close()
@@ -258,10 +266,13 @@ class Gateway:
         await _send_json(send, 200, {"status": "ok"}, request_id)
 
     async def _readyz(self, send: Send, request_id: str) -> None:
-        if self.jwks.ready():
-            await _send_json(send, 200, {"status": "ok"}, request_id)
-        else:
+        if not self.jwks.ready():
             await _send_json(send, 503, {"status": "unavailable", "reason": "an issuer has no usable keys"}, request_id)
+        elif self.revocations is not None and not self.revocations.ready():
+            reason = "an issuer's revocation list is out of date"
+            await _send_json(send, 503, {"status": "unavailable", "reason": reason}, request_id)
+        else:
+            await _send_json(send, 200, {"status": "ok"}, request_id)
 
     async def _metrics(self, send: Send, request_id: str) -> None:
         await _send_body(send, 200, self.metrics.render(), CONTENT_TYPE.encode(), request_id)
@@ -310,10 +321,14 @@ def create_app(
     clock: Callable[[], float] | None = None,
     metrics: Metrics | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
+    revocations: RevocationFeed | None = None,
+    revocation_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Gateway:
     """Build the gateway. Every dependency may be passed in (tests pass a clock, a JWKS transport, an upstream);
     the defaults are the production ones: keys fetched with httpx, requests forwarded with aiohttp (measured
-    faster, see gateway/upstream_aiohttp.py). ``clock`` is wall-clock seconds (token times, proof timestamps)."""
+    faster, see gateway/upstream_aiohttp.py). ``clock`` is wall-clock seconds (token times, proof timestamps).
+    Issuers with a ``revocation_url`` get a :class:`RevocationFeed` (polled with its own httpx client), consulted
+    by the default verifier; a ``verifier`` passed in brings its own ``is_revoked``."""
     clock = clock or time.time
     closers: list[Callable[[], Awaitable[None]]] = []
     metrics = metrics or Metrics()
@@ -328,6 +343,15 @@ def create_app(
                 metrics.keys_fetched(issuer, wall())
 
         jwks = JwksCache(config.issuers, client, on_fetch=on_fetch)
+    if revocations is None and any(issuer.revocation_url for issuer in config.issuers):
+        feed_client = no_cookie_client(transport=revocation_transport)
+        closers.append(feed_client.aclose)
+        feed_clock = clock
+
+        def on_poll(issuer: str, outcome: str, size: int) -> None:
+            metrics.revocation_poll(issuer, outcome, size, feed_clock())
+
+        revocations = RevocationFeed(config.issuers, feed_client, leeway=config.leeway, clock=clock, on_poll=on_poll)
     if verifier is None:
         verifier = TokenVerifier(
             config.issuers,
@@ -336,6 +360,7 @@ def create_app(
             clock=clock,
             cache_size=config.token_cache_size,
             max_token_bytes=config.max_token_bytes,
+            is_revoked=revocations.is_revoked if revocations is not None else None,
         )
     return Gateway(
         config,
@@ -345,4 +370,5 @@ def create_app(
         metrics=metrics,
         clock=clock,
         closers=tuple(closers),
+        revocations=revocations,
     )

@@ -11,6 +11,12 @@ path; ``status`` is a status code; token ``outcome`` is ``valid``, ``missing`` o
 Key age is exported as the time since each issuer's keys were last fetched successfully, computed at scrape
 time from the per-worker fetch timestamps (the oldest worker's keys count), because a gauge written only by
 the scraped worker would be stale in every other worker's file.
+
+Revocation feeds (gateway/revocation.py): ``gateway_revocation_polls_total{issuer,outcome}`` counts feed requests
+(``ok``, ``more`` or a failure); ``gateway_revocation_updated_timestamp_seconds`` is the Unix time of the last poll
+that caught up (the oldest worker's: alert on ``time() - it`` past ``revocation_stale_after``);
+``gateway_revoked_sessions`` the sessions remembered (the largest worker's). Refused revoked tokens are
+``gateway_token_verifications_total{outcome="revoked"}``; tokens refused because a list is stale, ``"unavailable"``.
 """
 
 from __future__ import annotations
@@ -74,6 +80,26 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        self.revocation_polls = Counter(
+            "gateway_revocation_polls",
+            "Revocation feed requests, by issuer and outcome.",
+            ["issuer", "outcome"],
+            registry=r,
+        )
+        self.revocation_updated = Gauge(
+            "gateway_revocation_updated_timestamp_seconds",
+            "Unix time of the last revocation poll that caught up, by issuer (the oldest across workers).",
+            ["issuer"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.revoked_sessions = Gauge(
+            "gateway_revoked_sessions",
+            "Revoked sessions remembered, by issuer (the largest across workers).",
+            ["issuer"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Metrics:
@@ -97,6 +123,12 @@ class Metrics:
 
     def keys_fetched(self, issuer: str, at: float) -> None:
         self.keys_updated.labels(issuer).set(at)
+
+    def revocation_poll(self, issuer: str, outcome: str, size: int, at: float) -> None:
+        self.revocation_polls.labels(issuer, outcome).inc()
+        self.revoked_sessions.labels(issuer).set(size)
+        if outcome == "ok":
+            self.revocation_updated.labels(issuer).set(at)
 
     def render(self) -> bytes:
         """The exposition text: this process's registry, or every worker's files in multiprocess mode."""
