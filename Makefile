@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck check bench clean
+.PHONY: run test lint fmt typecheck check bench fleet clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ check: lint typecheck test
 ## Side-by-side benchmarks on loopback (issue 7): installs nginx, haproxy, wrk and Better Auth on first use.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## HAProxy in front of two gateway replicas, two identity replicas and the tasks backend on PostgreSQL (issue 9).
+fleet: $(STAMP)
+	$(BIN)/python -m scripts.fleet $(FLEET_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
