@@ -19,8 +19,10 @@ them with 401 ``{"error": "unauthenticated", "reason": ...}``, the same shape :c
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -96,6 +98,19 @@ class Unavailable(TasksError):
     status, code = 503, "unavailable"
 
 
+#: Failures that mean "the database cannot be reached right now". SQLAlchemy wraps errors raised while a
+#: statement runs, but not those raised while asyncpg opens a connection (refused, "the database system is
+#: starting up", too many clients), which arrive as the driver's own exceptions or as OSError.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    DisconnectionError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
 def error_response(error: TasksError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -114,9 +129,7 @@ def _translate(exc: Exception) -> TasksError:
         return error
     # A dropped connection (database restarted, network cut) is worth a retry; pool_pre_ping recovers the
     # pool on the next checkout, so tell the client to come back instead of calling it a bug.
-    if isinstance(exc, OperationalError | DisconnectionError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
+    if isinstance(exc, _UNAVAILABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         return Unavailable("the database is unavailable; retry shortly", headers={"retry-after": "1"})
     return TasksError()
 
@@ -131,10 +144,10 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 #: Starlette's ``exception_handlers``: looked up along the MRO, so these cover the whole tree.
 #: ``Exception`` is served by Starlette's ServerErrorMiddleware (which logs and re-raises to the server);
 #: the others by ExceptionMiddleware, so a database outage is a clean 503 and not a crash report.
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     Exception: handle_error,
     HTTPException: handle_error,
     TasksError: handle_error,
     DBAPIError: handle_error,
-    DisconnectionError: handle_error,
+    **dict.fromkeys(_UNAVAILABLE, handle_error),
 }
