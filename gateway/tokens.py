@@ -23,7 +23,8 @@ with a valid token costs a hash and a lookup. A cached entry also remembers whic
 dropped when that key leaves the issuer's JWKS. Deterministic failures (bad signature, malformed, ...) are
 remembered in a small bounded cache for a minute, so a client retrying a bad token does not cost a signature
 check each time; failures that time or key rotation can change (``unknown_kid``, ``not_yet_valid``) are not.
-``is_revoked`` is consulted on every call, cached or not.
+``is_revoked`` is consulted on every call, cached or not (gateway/revocation.py); it may raise
+:class:`gateway.errors.ServiceUnavailable` when it cannot tell (a revocation list too old to trust).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """The verified claims of ``token``, or :class:`InvalidToken` (or :class:`ServiceUnavailable` from the key
-        cache when the issuer has no usable keys)."""
+        cache when the issuer has no usable keys, or from ``is_revoked``)."""
         if len(token) > self._max_token_bytes:
             raise InvalidToken("oversized")
         if not token.isascii():
