@@ -317,10 +317,6 @@ def test_jwt_is_renewed_before_expiry_and_a_lost_session_leads_to_login(
     expect(page).to_have_url(path_is("/login"))
 
 
-@pytest.mark.xfail(
-    reason="the gateway does not consume identity's revocation feed yet (issue 9); remove this marker then",
-    strict=True,
-)
 def test_logged_out_jwt_is_refused_by_the_gateway(stack: Stack, page: Page) -> None:
     """Issue 6: after logging out, the old JWT no longer works at the gateway (revocation: issues 3 and 9)."""
     base = stack.public_url

@@ -5,6 +5,7 @@ log out and lose access."""
 from __future__ import annotations
 
 import secrets
+import time
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
@@ -69,9 +70,22 @@ def test_journey_through_the_gateway(stack: Stack) -> None:
         assert garbage.status_code == 401
         assert 'error="invalid_token"' in garbage.headers["www-authenticate"]
 
+        signing_out = time.monotonic()
         signed_out = client.post("/api/auth/sign-out", headers={"Authorization": f"Bearer {session}"})
         assert signed_out.status_code == 200, signed_out.text
         assert signed_out.json() == {"success": True}
+        # Issue 9: the gateway refuses the signed-out session's JWT within 2 s (it polls identity's revocation
+        # feed; it never reads identity's database). Bounded loop: at most 2 s of requests.
+        while True:
+            old_jwt = client.get(f"/api/{alice_id}/tasks", headers=alice)
+            latency = time.monotonic() - signing_out
+            if old_jwt.status_code != 200 or latency >= 2.0:
+                break
+            time.sleep(0.02)
+        print(f"revocation latency, sign-out -> first 401 at the gateway: {latency * 1000:.0f} ms")
+        assert old_jwt.status_code == 401, old_jwt.text
+        assert 'error_description="the token has been revoked"' in old_jwt.headers["www-authenticate"]
+        assert latency < 2.0
         refused = client.get("/api/auth/token", headers={"Authorization": f"Bearer {session}"})
         assert refused.status_code == 401
         # Bob's session is untouched by Alice signing out.
