@@ -22,7 +22,12 @@ environment (parsed once at start; every problem is reported at once):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tasks_backend",
-        description="The tasks backend: a per-user tasks API that trusts identity only through the gateway proof.",
+        description=(
+            "The tasks backend: a per-user tasks API that trusts identity only through the gateway proof.\n\n"
+            "With no command it serves: `python -m tasks_backend --host H --port P` is `serve --host H --port P`\n"
+            "(see `serve --help`). Run `migrate` first: serving does not change the schema, and /readyz is 503\n"
+            "until the database is at the newest migration."
+        ),
         epilog=_ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
