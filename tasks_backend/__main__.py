@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -75,8 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tasks_backend.app import create_app
 
+    # One JSON line per request from tasks_backend.accesslog replaces uvicorn's access log.
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    logging.getLogger("tasks_backend.access").setLevel(args.log_level.upper())
     uvicorn.run(
         create_app(config),
+        access_log=False,
         host=args.host,
         port=args.port,
         log_level=args.log_level,

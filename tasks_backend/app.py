@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, Router
 
 from tasks_backend import trust
+from tasks_backend.accesslog import AccessLog
 from tasks_backend.config import Config
 from tasks_backend.db import create_engine, head_revision, schema_revision
 from tasks_backend.endpoints import TaskEndpoints
@@ -64,7 +65,7 @@ def create_app(
                 middleware=[Middleware(trust.RequireOwner)],
             ),
         ],
-        middleware=[trust.proof_middleware(config, clock)],
+        middleware=[Middleware(AccessLog), trust.proof_middleware(config, clock)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

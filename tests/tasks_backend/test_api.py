@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -471,3 +472,24 @@ async def test_list_response_is_json_with_items_and_cursor(client):
     assert response.headers["content-type"] == "application/json"
     body = json.loads(response.content)
     assert set(body) == {"items", "next_cursor"}
+
+
+# --- access log -------------------------------------------------------------------------------------------
+
+
+async def test_one_json_access_line_per_request(client, caplog):
+    caplog.set_level(logging.INFO, logger="tasks_backend.access")
+
+    created = await client.post(TASKS, json={"title": "logged"}, headers={"x-secret-header": "hunter2"})
+    refused = await client.http.get(TASKS + "?cursor=abc")  # no proof: ProofMiddleware's 401 is logged too
+
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tasks_backend.access"]
+    assert [(line["method"], line["path"], line["status"], line["user"]) for line in lines] == [
+        ("POST", TASKS, 201, "alice"),
+        ("GET", TASKS, 401, None),
+    ]
+    assert lines[0]["request_id"] == created.request.headers["x-request-id"]
+    assert lines[0]["ts"].endswith("Z")
+    assert refused.status_code == 401
+    assert "hunter2" not in caplog.text
+    assert "logged" not in caplog.text

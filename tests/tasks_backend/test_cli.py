@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -142,6 +143,15 @@ def test_serves_on_loopback_without_a_subcommand(tmp_path):
                 "/api/alice/tasks", json={"title": "over the wire"}, headers=signed("POST", "/api/alice/tasks")
             )
             assert created.status_code == 201, created.text
+        # One JSON access line per request on stderr (written just after the response, so poll briefly).
+        expected = {"method": "POST", "path": "/api/alice/tasks", "status": 201, "user": "alice"}
+        for _ in range(50):
+            access = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+            if any(expected.items() <= line.items() for line in access):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no access line {expected} in:\n{log.read_text()}")
 
         # A signed, chunked upload that never ends: the server answers 413 once it passes 64 KiB, while the
         # client is still sending -- the body is not read to the end first.
