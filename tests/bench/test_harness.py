@@ -222,3 +222,14 @@ def test_profile_inclusive_table_leaves_out_entry_frames() -> None:
     )
     summary = profile.summarise(collapsed)
     assert [name for name, _ in summary.by_total] == ["h (gateway/app.py)"]
+
+
+def test_bench_gateway_config_is_accepted_by_the_gateway() -> None:
+    """The bench's TOML must stay a valid gateway configuration as the gateway's config grows."""
+    import tomllib
+
+    from gateway.config import parse_config
+
+    text = configs.gateway_toml(8080, issuer="https://id.bench.test", audience="https://api.bench.test")
+    config = parse_config(tomllib.loads(text), {"EDGE_PROOF_SECRET": "s" * 48})
+    assert [route.auth for route in config.routes] == ["owner"]
