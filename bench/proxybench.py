@@ -30,7 +30,7 @@ from bench.stats import AbsoluteGoal, RatioSpec, Run, check
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("warm", "cold", "workers")
-WARM_TARGETS = ("nginx", "haproxy-ES256", "haproxy-RS256", "gateway-EdDSA", "gateway-ES256")
+WARM_TARGETS = ("nginx", "haproxy-ES256", "haproxy-RS256", "gateway-EdDSA", "gateway-ES256", "uvicorn-constant")
 # nginx in the cold scenario calibrates the load side: the rotating Lua script costs wrk more than -H does.
 COLD_TARGETS = ("nginx", "haproxy-ES256", "haproxy-RS256", "gateway-EdDSA", "gateway-ES256")
 WORKER_TARGETS = ("gateway-1w", "gateway-2w")
@@ -42,6 +42,7 @@ RATIO_SPECS = (
     RatioSpec("warm: ours ES256 / HAProxy RS256", ("warm", "gateway-ES256"), ("warm", "haproxy-RS256"), goal=1.0),
     RatioSpec("warm: ours EdDSA / nginx", ("warm", "gateway-EdDSA"), ("warm", "nginx"), goal=0.5),
     RatioSpec("warm: ours ES256 / nginx", ("warm", "gateway-ES256"), ("warm", "nginx"), goal=0.5),
+    RatioSpec("warm: ours EdDSA / bare uvicorn app", ("warm", "gateway-EdDSA"), ("warm", "uvicorn-constant")),
     RatioSpec(
         "warm p99: ours EdDSA / HAProxy ES256",
         ("warm", "gateway-EdDSA"),
@@ -191,6 +192,15 @@ class ProxyRig:
             )
             proc = self.processes.start(f"haproxy-{alg}", ["haproxy", "-db", "-f", str(path)], cpus=self.where.proxy)
             self.targets[f"haproxy-{alg}"] = Target(f"haproxy-{alg}", port, proc, alg, caches_tokens=False)
+
+        # The floor of a Python server here: uvicorn (same loop and parser as the gateway) answering a constant.
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", "bench.constant_app:app", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--no-access-log", "--no-proxy-headers", "--no-server-header", "--log-level", "warning"]
+        proc = self.processes.start("uvicorn-constant", argv, cpus=self.where.proxy, cwd=ROOT)
+        self.targets["uvicorn-constant"] = Target(
+            "uvicorn-constant", port, proc, "ES256", caches_tokens=False, checks_tokens=False
+        )
 
         port = free_port()
         gateway = self._gateway("gateway", port, 1, self.where.proxy)
