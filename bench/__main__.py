@@ -13,9 +13,11 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
 
-        if args.profile and proxy_rig is not None:
-            profiles = run_profiles(proxy_rig, args, runs)
+        if args.profile:
+            profiles = run_profiles(proxy_rig, identity_rig, args, runs, where.load)
         ok = True
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
@@ -281,43 +283,76 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_profiles(rig: proxybench.ProxyRig, args: argparse.Namespace, runs: list[Run]) -> list[str]:
-    out = []
-    for scenario, cold in (("warm", False), ("cold", True)):
-        target = rig.targets["gateway-EdDSA"]
-        collapsed_path = args.results / f"profile-gateway-{scenario}.txt"
-        args.results.mkdir(parents=True, exist_ok=True)
-        print(f"\n== py-spy on the gateway ({scenario}, EdDSA), {args.duration:g}s", flush=True)
-        holder: dict[str, Any] = {}
-        thread = threading.Thread(target=_spy, args=(target.proc.pid, args.duration, collapsed_path, holder))
-        run = rig.measure(
-            "gateway-EdDSA",
-            f"profile-{scenario}",
-            0,
-            cold=cold,
-            duration=args.duration,
-            threads=args.threads,
-            connections=args.connections,
-            cold_tokens=args.cold_tokens,
-            load_cpus=rig.where.load,
-            on_start=thread.start,
+def run_profiles(
+    proxy_rig: proxybench.ProxyRig | None,
+    identity_rig: identitybench.IdentityRig | None,
+    args: argparse.Namespace,
+    runs: list[Run],
+    load_cpus: str | None,
+) -> list[str]:
+    """py-spy on the one-worker gateway (warm and cold, EdDSA) and on our identity service (GET /token),
+    each during one extra run of the same shape as the measured ones."""
+    jobs: list[tuple[str, str, int, tuple[str, str], Callable[[Callable[[], None]], Run]]] = []
+    if proxy_rig is not None:
+        gateway = proxy_rig.targets["gateway-EdDSA"]
+        for scenario, cold in (("warm", False), ("cold", True)):
+
+            def measure_gateway(on_start: Callable[[], None], scenario: str = scenario, cold: bool = cold) -> Run:
+                return proxy_rig.measure(
+                    "gateway-EdDSA",
+                    f"profile-{scenario}",
+                    0,
+                    cold=cold,
+                    duration=args.duration,
+                    threads=args.threads,
+                    connections=args.connections,
+                    cold_tokens=args.cold_tokens,
+                    load_cpus=load_cpus,
+                    on_start=on_start,
+                )
+
+            label = f"gateway, {scenario} EdDSA"
+            jobs.append((label, f"gateway-{scenario}", gateway.proc.pid, (scenario, "gateway-EdDSA"), measure_gateway))
+    if identity_rig is not None:
+
+        def measure_identity(on_start: Callable[[], None]) -> Run:
+            return identity_rig.measure(
+                "ours",
+                "token",
+                0,
+                duration=args.identity_duration,
+                connections=args.identity_connections,
+                load_cpus=load_cpus,
+                on_start=on_start,
+            )
+
+        pid = identity_rig.services["ours"].proc.pid
+        jobs.append(
+            ("identity, GET /api/auth/token", "identity-token", pid, ("identity-token", "ours"), measure_identity)
         )
+
+    out = []
+    args.results.mkdir(parents=True, exist_ok=True)
+    for label, stem, pid, (scenario, target), measure in jobs:
+        collapsed_path = args.results / f"profile-{stem}.txt"
+        print(f"\n== py-spy on {label}", flush=True)
+        holder: dict[str, Any] = {}
+        duration = args.identity_duration if stem.startswith("identity") else args.duration
+        thread = threading.Thread(target=_spy, args=(pid, duration, collapsed_path, holder))
+        run = measure(thread.start)
         thread.join()
         print(report.run_line(run) + "  (under py-spy: not a result)")
         if "error" in holder:
-            out.append(f"### gateway {scenario}: py-spy failed\n\n{holder['error']}\n")
+            out.append(f"### {label}: py-spy failed\n\n{holder['error']}\n")
             continue
-        measured = [
-            r.cpu_us_per_request for r in runs if r.scenario == scenario and r.target == "gateway-EdDSA" and r.valid
-        ]
-        cpu = sorted(value for value in measured if value is not None)
-        cpu_median = cpu[len(cpu) // 2] if cpu else run.cpu_us_per_request
-        summary = profile.summarise(holder["text"])
+        measured = [r.cpu_us_per_request for r in runs if r.scenario == scenario and r.target == target and r.valid]
+        cpu = [value for value in measured if value is not None]
+        cpu_median = statistics.median(cpu) if cpu else run.cpu_us_per_request
         title = (
-            f"gateway, {scenario} EdDSA: where {cpu_median or 0:.0f} µs CPU/request goes "
+            f"{label}: where {cpu_median or 0:.0f} µs CPU/request goes "
             f"(µs = share x the unprofiled median; collapsed stacks: {collapsed_path.name})"
         )
-        out.append(profile.render(summary, cpu_median, title))
+        out.append(profile.render(profile.summarise(holder["text"]), cpu_median, title))
     return out
 
 

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
@@ -195,6 +196,7 @@ class IdentityRig:
         duration: float,
         connections: int,
         load_cpus: str | None,
+        on_start: Callable[[], None] | None = None,
     ) -> Run:
         service = self.services[service_name]
         argv = wrk.command(
@@ -206,6 +208,8 @@ class IdentityRig:
             headers=[f"Authorization: Bearer {service.bearer}"],
             cpus=load_cpus,
         )
+        if on_start is not None:
+            on_start()
         load1 = procs.loadavg()[0]
         before = procs.cpu_seconds(service.proc.pid)
         result = wrk.run(argv, duration)

@@ -14,6 +14,10 @@ from pathlib import Path
 # Leaf-frame file -> component; first match wins. Paths are as py-spy prints them (site-packages relative).
 COMPONENTS = (
     ("gateway/", "gateway (our code)"),
+    ("identity/", "identity (our code)"),
+    ("sqlalchemy/", "SQLAlchemy"),
+    ("aiosqlite/", "aiosqlite"),
+    ("sqlite3/", "sqlite3"),
     ("jwt/", "PyJWT"),
     ("cryptography/", "cryptography"),
     ("uvicorn/", "uvicorn"),
