@@ -78,7 +78,7 @@ class TaskEndpoints:
             default_limit=self.config.default_page_size,
             max_limit=self.config.max_page_size,
         )
-        return JSONResponse(page_body(await self.store.list(_user(request), query), query))
+        return JSONResponse(page_body(await self.store.page(_user(request), query), query))
 
     async def create_task(self, request: Request) -> Response:
         user_id = _user(request)

@@ -75,7 +75,7 @@ class TaskStore:
             raise NotFound("no such task")
         return _task(row)
 
-    async def list(self, user_id: str, query: ListQuery) -> list[Task]:
+    async def page(self, user_id: str, query: ListQuery) -> list[Task]:
         """Up to ``query.limit + 1`` tasks after the cursor: the extra one tells whether another page exists."""
         key = _SORT_COLUMNS[query.sort.key]
         stmt = select(tasks).where(tasks.c.user_id == user_id)
