@@ -9,8 +9,12 @@ fresh temporary directory (removed at exit) unless already set, so metrics are s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
+import functools
+import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -19,6 +23,10 @@ from typing import Any
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+HEADER_TIMEOUT_ENV = "GATEWAY_HEADER_TIMEOUT"
+MAX_HEADER_BYTES_ENV = "GATEWAY_MAX_HEADER_BYTES"
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_HEADER_BYTES = 65536
 EXIT_CONFIG = 2
 
 _EPILOG = f"""\
@@ -31,6 +39,9 @@ environment variables:
   {MULTIPROC_ENV}
       directory for per-worker metric files; with --workers > 1 and this unset, a fresh temporary directory
       is used and removed at exit (set by hand, it must start empty)
+  {HEADER_TIMEOUT_ENV}, {MAX_HEADER_BYTES_ENV}
+      the request-head limits (defaults {DEFAULT_HEADER_TIMEOUT:g} s and {DEFAULT_MAX_HEADER_BYTES} bytes);
+      --header-timeout and --max-header-bytes set them
 
 Configuration errors are all printed at once and exit with status 2.
 Every configuration key is documented in the README ("Gateway configuration").
@@ -65,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, stop accepting and wait this long for in-flight requests to finish (default 30)",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="close a connection that has not sent a whole request head this long after connecting or after its "
+        f"first byte (slowloris; default {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=_positive,
+        metavar="BYTES",
+        help=f"answer 431 to a request line plus headers larger than this (default {DEFAULT_MAX_HEADER_BYTES})",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="default info"
     )
     parser.add_argument(
@@ -77,6 +101,13 @@ def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _positive_seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return number
 
 
@@ -121,15 +152,114 @@ else:
     HTTP_PROTOCOL = "gateway.__main__:OriginFormHttpToolsProtocol"
 
     class OriginFormHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol, except that an absolute-form target (``GET http://host/path``) keeps its
-        whole target in ``raw_path``. uvicorn passes only the path on, so the gateway could not refuse what issue
-        4 says to refuse (routing.canonical_path rejects a ``raw_path`` that does not start with ``/``); with h11
-        the whole target arrives anyway. The scope is patched before the request's task first runs."""
+        """uvicorn's httptools protocol with three changes an edge server needs.
+
+        * An absolute-form target (``GET http://host/path``) keeps its whole target in ``raw_path``. uvicorn passes
+          only the path on, so the gateway could not refuse what issue 4 says to refuse (routing.canonical_path
+          rejects a ``raw_path`` that does not start with ``/``); with h11 the whole target arrives anyway. The
+          scope is patched before the request's task first runs.
+        * The request head is bounded (issue 8): llhttp has no limit of its own and uvicorn none for httptools, so
+          a client could stream headers without end into memory (and on to the upstream). A head past
+          ``max_header_bytes`` is answered 431 (RFC 6585 §5) and the connection closed. Only the bytes fed to the
+          parser while a head is incomplete count; a body never does.
+        * A head must arrive within ``header_timeout`` of the connection opening or of its first byte (slowloris:
+          uvicorn's keep-alive timer runs only between requests, so a client that connects and sends nothing, or
+          a byte now and then, was never closed). Like nginx's ``client_header_timeout``.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_timeout, self._head_limit = head_limits()
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._head_bytes = 0
+            self._in_head = True  # no complete head yet for the next request on this connection
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._in_head:
+                super().data_received(data)
+                return
+            room = self._head_limit - self._head_bytes
+            if len(data) <= room:
+                self._head_bytes += len(data)
+                super().data_received(data)
+                return
+            # Parse only what the head may still take: if that does not complete it, the head is too large.
+            self._head_bytes = self._head_limit
+            if room > 0:
+                super().data_received(data[:room])
+            if self.transport.is_closing():
+                return
+            if self._in_head:
+                self._refuse_large_head()
+            else:  # the head ended within the allowance: the rest is body or the next request
+                protocol = self.transport.get_protocol()
+                assert isinstance(protocol, asyncio.Protocol)
+                protocol.data_received(data[room:])
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_head_timer()
 
         def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm_head_timer()
             super().on_headers_complete()
             if not self.url.startswith(b"/") and "raw_path" in self.scope:
                 self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes = True, 0
+
+        def _arm_head_timer(self) -> None:
+            self._disarm_head_timer()
+            self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._in_head or self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._arm_head_timer()  # a pipelined head behind a response in progress: judge it later
+                return
+            self.transport.close()
+
+        def _refuse_large_head(self) -> None:
+            body = json.dumps(
+                {
+                    "error": "request_header_fields_too_large",
+                    "message": f"the request line and headers exceed {self._head_limit} bytes",
+                    "request_id": secrets.token_hex(16),
+                }
+            ).encode()
+            head = (
+                "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            )
+            self.transport.write(head.encode() + body)
+            self.transport.close()
+
+
+@functools.cache
+def head_limits() -> tuple[float, int]:
+    """(header timeout, max header bytes) for this process: from the environment, where ``main`` puts the flags
+    so that ``--workers`` processes see them too; read once, at the first connection."""
+    timeout = float(os.environ.get(HEADER_TIMEOUT_ENV) or DEFAULT_HEADER_TIMEOUT)
+    limit = int(os.environ.get(MAX_HEADER_BYTES_ENV) or DEFAULT_MAX_HEADER_BYTES)
+    return timeout, limit
 
 
 def worker_app() -> Any:
@@ -164,6 +294,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     import uvicorn
 
+    # The request-head limits reach every worker through the environment (head_limits()).
+    if args.header_timeout is not None:
+        os.environ[HEADER_TIMEOUT_ENV] = str(args.header_timeout)
+    if args.max_header_bytes is not None:
+        os.environ[MAX_HEADER_BYTES_ENV] = str(args.max_header_bytes)
     options: dict[str, Any] = {
         **server_options(),
         "host": args.host,
