@@ -13,6 +13,7 @@ import asyncio
 import copy
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -129,7 +130,26 @@ def log_config(level: str, *, access_log: bool = True) -> dict[str, Any]:
         "level": "INFO" if access_log else "WARNING",
         "propagate": False,
     }
+    config.setdefault("filters", {})["gateway_aborted"] = {"()": "gateway.__main__.AbortedResponseFilter"}
+    config["loggers"]["uvicorn.error"]["filters"] = ["gateway_aborted"]
     return config
+
+
+class AbortedResponseFilter(logging.Filter):
+    """uvicorn logs any exception an app raises as "Exception in ASGI application", at ERROR, with a traceback.
+    The gateway raises a GatewayError on purpose when an upstream fails after the response head was sent: it is
+    the only way to make the server abort the client connection (gateway/app.py). That is an upstream failure,
+    already in the access log, not a gateway bug: one WARNING line instead (issue 8: no error in the logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from gateway.errors import GatewayError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, GatewayError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "response aborted after its head was sent: %s", (exc.message,)
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def server_options() -> dict[str, Any]:
