@@ -89,8 +89,8 @@ class LoadClient:
         self.skipped = 0
         self.kids: collections.Counter[str] = collections.Counter()  # kid of every JWT /api/auth/token returned
         self._serial = 0
-        kinds, weights = zip(*MIX, strict=True)
-        self._kinds, self._weights = list(kinds), list(weights)
+        self._kinds = [kind for kind, _ in MIX]
+        self._weights = [weight for _, weight in MIX]
 
     async def run(self, stop: asyncio.Event) -> None:
         transport = httpx.AsyncHTTPTransport(local_address=CLIENT_ADDRESS, retries=0)

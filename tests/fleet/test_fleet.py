@@ -282,7 +282,7 @@ def test_fleet_under_load(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> N
         # counts SIGTERM as a clean stop); a timeout would have been SIGKILL.
         assert exit_code in (0, -signal.SIGTERM), "\n".join(fleet.service("gateway-1").output[-30:])
         assert any("Finished server process" in line for line in fleet.service("gateway-1").output[-10:])
-        fleet.wait_lb(["gateway-1"], "DOWN", 10)
+        marked_down = drained + fleet.wait_lb(["gateway-1"], "DOWN", 10)
         time.sleep(2)  # the whole load on one replica
 
         # --- 4. rejoin -------------------------------------------------------------------------------------
@@ -347,8 +347,8 @@ def test_fleet_under_load(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> N
             + (f"  (after the command returned; it ran {command_seconds:.1f} s)" if how == "revoke-user" else "")
         )
     report += [
-        f"drain: gateway-1 exited {exit_code} {drained:.2f} s after SIGTERM; HAProxy retries {backend['wretr']}, "
-        f"redispatches {backend['wredis']}",
+        f"drain: gateway-1 exited {exit_code} {drained:.2f} s after SIGTERM, HAProxy had it DOWN by "
+        f"{marked_down:.2f} s; HAProxy retries {backend['wretr']}, redispatches {backend['wredis']} (whole run)",
         f"rejoin: gateway-1 ready and serving {rejoined:.1f} s after its restart",
         f"postgres: down {postgres_down - outage_started:.2f} s after SIGINT, accepting again "
         f"{postgres_up - outage_started:.2f} s after it; failures in the outage window "
@@ -383,8 +383,12 @@ def test_fleet_under_load(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> N
         f"writes: {acknowledged} acknowledged creates, {stored} tasks stored, {len(lost)} lost, "
         f"{len(wrong)} with a wrong title, {len(duplicated)} duplicated"
     )
-    # httplog's "actconn/feconn/beconn/srv_conn/retries" field; "+" marks a redispatch.
-    retried = [line for line in fleet.service("haproxy").output if re.search(r" \d+/\d+/\d+/\d+/\+?[1-9]\d* ", line)]
+    # httplog: "<termination state> <actconn>/<feconn>/<beconn>/<srv_conn>/<retries>"; "+" marks a redispatch.
+    retried = [
+        line
+        for line in fleet.service("haproxy").output
+        if (match := re.search(r" \S{4} \d+/\d+/\d+/\d+/(\+?\d+) ", line)) and match.group(1) != "0"
+    ]
     report += [f"haproxy log, requests retried or redispatched ({len(retried)}, last 5):", *retried[-5:]]
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     FIGURES.write_text("\n".join(report) + "\n")
