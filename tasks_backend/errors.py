@@ -109,6 +109,19 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
+#: The same, as SQLSTATE classes (PostgreSQL Appendix A) for driver errors SQLAlchemy wraps in a plain DBAPIError:
+#: 08 connection exception, 53 insufficient resources (too many clients), 57 operator intervention (shutting
+#: down, or "the database system is not yet accepting connections" while it starts again: issue 8 saw a 500).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def _unavailable(exc: Exception) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
 
 
 def error_response(error: TasksError) -> JSONResponse:
@@ -129,7 +142,7 @@ def _translate(exc: Exception) -> TasksError:
         return error
     # A dropped connection (database restarted, network cut) is worth a retry; pool_pre_ping recovers the
     # pool on the next checkout, so tell the client to come back instead of calling it a bug.
-    if isinstance(exc, _UNAVAILABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+    if _unavailable(exc):
         return Unavailable("the database is unavailable; retry shortly", headers={"retry-after": "1"})
     return TasksError()
 
