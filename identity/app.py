@@ -23,9 +23,9 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 
 from identity.accesslog import AccessLog
 from identity.config import Config, load_config
-from identity.db import create_engine, head_revision, schema_is_current
+from identity.db import UNAVAILABLE, create_engine, head_revision, schema_is_current
 from identity.endpoints import AuthEndpoints
-from identity.errors import IdentityError, handle_identity_error, handle_route_miss
+from identity.errors import IdentityError, handle_database_error, handle_identity_error, handle_route_miss
 from identity.keyring import KeyRing
 from identity.pages import page_routes
 from identity.passwords import Passwords, strong_hasher
@@ -114,7 +114,13 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
-        exception_handlers={IdentityError: handle_identity_error, 404: handle_route_miss, 405: handle_route_miss},
+        exception_handlers={
+            IdentityError: handle_identity_error,
+            404: handle_route_miss,
+            405: handle_route_miss,
+            SQLAlchemyError: handle_database_error,  # looked up along the MRO: DBAPIError and the rest
+            **dict.fromkeys(UNAVAILABLE, handle_database_error),
+        },
     )
     app.router.redirect_slashes = False
     app.state.identity = service

@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 VERSION_TABLE = "identity_alembic_version"
@@ -78,3 +80,29 @@ async def schema_is_current(engine: AsyncEngine, head: str) -> bool:
     async with engine.connect() as conn:
         row = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).first()  # noqa: S608
     return row is not None and row[0] == head
+
+
+#: Failures that mean "the database cannot be reached right now" (issue 8: each was a bare 500 during a PostgreSQL
+#: restart). SQLAlchemy wraps errors raised while a statement runs, but not those raised while asyncpg opens a
+#: connection (refused, too many clients), which arrive as the driver's own exceptions or as OSError.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    DisconnectionError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+#: The same as SQLSTATE classes (PostgreSQL Appendix A), for driver errors wrapped in a plain DBAPIError: 08
+#: connection exception, 53 insufficient resources, 57 operator intervention ("not yet accepting connections").
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable for now (worth a retry), rather than a bug."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES

@@ -4,6 +4,7 @@
      +-- Unauthorized                  401 UNAUTHORIZED (no valid session)
      +-- RateLimited                   429, body without "code" and a Retry-After header (reference 2.4/2.10)
      +-- RouteNotFound                 404 with an empty body: unknown path or wrong method (reference 2.1)
+     +-- Unavailable                   503 SERVICE_UNAVAILABLE + Retry-After (the database cannot be reached)
 
 Each error may carry extra response headers (``Set-Cookie`` clearing a dead session cookie), kept as a list of
 pairs because ``Set-Cookie`` repeats.
@@ -11,8 +12,14 @@ pairs because ``Set-Cookie`` repeats.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from identity.db import unavailable
+
+logger = logging.getLogger("identity")
 
 
 class IdentityError(Exception):
@@ -47,6 +54,12 @@ class RouteNotFound(IdentityError):
         super().__init__(404, "NOT_FOUND", "")
 
 
+class Unavailable(IdentityError):
+    def __init__(self) -> None:
+        super().__init__(503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable. Please try again later.")
+        self.headers = [("retry-after", "1")]  # RFC 9110 10.2.3; pool_pre_ping reconnects on the next checkout
+
+
 def bad_request(code: str, message: str) -> IdentityError:
     return IdentityError(400, code, message)
 
@@ -74,6 +87,15 @@ def error_response(error: IdentityError) -> Response:
 async def handle_identity_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IdentityError)
     return error_response(exc)
+
+
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    """A database outage is a 503 the client may retry; any other database error stays a 500 (re-raised to
+    Starlette's ServerErrorMiddleware, which logs it)."""
+    if unavailable(exc):
+        logger.warning("database unavailable: %s %s: %s", request.method, request.url.path, exc)
+        return error_response(Unavailable())
+    raise exc
 
 
 async def handle_route_miss(request: Request, exc: Exception) -> Response:
