@@ -554,3 +554,94 @@ async def _read_chunked(reader: asyncio.StreamReader, on_data: Callable[[int], N
         total += size
         if on_data is not None:
             on_data(size)
+
+
+# --- load that records every outcome ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float  # time.monotonic()
+    ended: float
+    status: int | str  # the HTTP status, or the name of the exception
+    value: Any = None  # whatever the action wants kept (a created task id, a session token)
+
+
+class Recorder(threading.Thread):
+    """Calls ``action(i)`` -> (status, value) every ``interval`` seconds (steady rate, never overlapping) until
+    :meth:`stop`, recording a :class:`Sample` per call; an exception is recorded by its class name."""
+
+    def __init__(self, action: Callable[[int], tuple[int, Any]], interval: float, *, limit: float = 120.0) -> None:
+        super().__init__(daemon=True)
+        self.action = action
+        self.interval = interval
+        self.limit = limit  # a bound on the loop whatever happens to the test
+        self.samples: list[Sample] = []
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        begun = time.monotonic()
+        index = 0
+        while not self._stopping.is_set() and time.monotonic() - begun < self.limit:
+            started = time.monotonic()
+            try:
+                status, value = self.action(index)
+            except Exception as exc:
+                status, value = type(exc).__name__, None
+            self.samples.append(Sample(started, time.monotonic(), status, value))
+            index += 1
+            self._stopping.wait(max(0.0, started + self.interval - time.monotonic()))
+
+    def stop(self) -> list[Sample]:
+        self._stopping.set()
+        self.join(30)
+        return self.samples
+
+
+def no_cookie_client(base_url: str, timeout: float = 10.0) -> httpx.Client:
+    """An API client that stores no cookies (cookie-carrying state changes need an Origin; API clients send none)."""
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.Client(base_url=base_url, timeout=timeout, trust_env=False, cookies=jar)
+
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass(frozen=True)
+class User:
+    email: str
+    id: str
+    session: str
+    jwt: str
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.jwt}"}
+
+
+def sign_up(client: httpx.Client, name: str) -> User:
+    """A new user through the gateway, with a session token and a JWT."""
+    email = f"{name}-{os.urandom(4).hex()}@example.com"
+    response = client.post("/api/auth/sign-up/email", json={"name": name, "email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    session = response.json()["token"]
+    token = client.get("/api/auth/token", headers={"authorization": f"Bearer {session}"})
+    assert token.status_code == 200, token.text
+    return User(email, response.json()["user"]["id"], session, token.json()["token"])
+
+
+def task_ids(client: httpx.Client, user: User) -> set[str]:
+    """Every task id the user has, through the gateway (all pages)."""
+    ids: set[str] = set()
+    cursor = None
+    while True:
+        params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+        response = client.get(f"/api/{user.id}/tasks", params=params, headers=user.bearer)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids.update(item["id"] for item in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return ids

@@ -8,6 +8,7 @@ break, so they can share it.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway._fwd_servers import Backend, LoopThread
+from scripts.devstack import Stack
+from tests.conftest import POSTGRES_ENV
+from tests.gateway._fwd_servers import Backend, LoopThread, free_port
 from tests.gateway.conftest import AUDIENCE, ISSUER, SigningKey, jwks, make_key, mint
-from tests.reliability._support import GatewayProcess, JwksServer, RawUpstream
+from tests.reliability._support import GatewayProcess, JwksServer, PrivatePostgres, RawUpstream, postgres_bindir
 
 #: Short enough that a test sees keys go stale and fetches fail within a second or two.
 JWKS_TTL = 1.0
@@ -156,3 +159,34 @@ def _edge_logs_no_error(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     time.sleep(0.05)  # a line logged as the test ends
     assert gateway.errors(mark) == [], gateway.tail()
+
+
+@dataclass
+class RealStack:
+    """The three services as ``make run`` starts them (scripts/devstack.py), on a private PostgreSQL cluster
+    when this machine has the PostgreSQL binaries (else on SQLite, and ``postgres`` is None)."""
+
+    stack: Stack
+    postgres: PrivatePostgres | None
+
+    @property
+    def url(self) -> str:
+        return self.stack.public_url
+
+
+@pytest.fixture(scope="session")
+def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    bindir = postgres_bindir()
+    if bindir is None and os.environ.get(POSTGRES_ENV):
+        pytest.fail(f"{POSTGRES_ENV} is set but no /usr/lib/postgresql/*/bin/initdb: the PostgreSQL tests must run")
+    postgres = PrivatePostgres(bindir) if bindir is not None else None
+    env = {**os.environ, "IDENTITY_RATE_LIMIT": "off"}  # every client of these tests is 127.0.0.1
+    if postgres is not None:
+        env["IDENTITY_DATABASE_URL"] = env["TASKS_DATABASE_URL"] = postgres.url
+    ports = {"gateway": free_port(), "identity": free_port(), "tasks": free_port()}
+    try:
+        with Stack(tmp_path_factory.mktemp("stack"), ports=ports, env=env) as stack:
+            yield RealStack(stack, postgres)
+    finally:
+        if postgres is not None:
+            postgres.close()
