@@ -21,7 +21,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,8 +46,9 @@ class UpstreamResponse(Protocol):
         """The body exactly as received (content-coding untouched); raises BadGateway/GatewayTimeout."""
         ...
 
-    async def aclose(self) -> None:
-        """Release the connection; an unfinished body closes it instead of returning it to the pool."""
+    def aclose(self) -> Awaitable[None]:
+        """Release the connection; an unfinished body closes it instead of returning it to the pool. Any awaitable:
+        a finished future lets the caller's ``asyncio.shield`` skip creating a task."""
         ...
 
 

@@ -22,6 +22,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from gateway.app import create_app
 from gateway.upstream import HttpxUpstream
 from gateway.upstream_aiohttp import AiohttpUpstream
+from gateway.upstream_httptools import HttptoolsUpstream
 from tests.gateway._fwd_fixtures import gateway_config
 from tests.gateway._fwd_servers import (
     Backend,
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-UPSTREAMS = {"httpx": HttpxUpstream, "aiohttp": AiohttpUpstream}
+UPSTREAMS = {"httpx": HttpxUpstream, "aiohttp": AiohttpUpstream, "httptools": HttptoolsUpstream}
 
 
 class Stack:
