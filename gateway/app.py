@@ -37,7 +37,7 @@ from gateway.revocation import RevocationFeed
 from gateway.routing import Router, canonical_path
 from gateway.tokens import TokenVerifier, authorize, extract_bearer
 from gateway.upstream import Timeouts, Upstream, no_cookie_client
-from gateway.upstream_aiohttp import AiohttpUpstream
+from gateway.upstream_httptools import HttptoolsUpstream
 
 logger = logging.getLogger("gateway")
 
@@ -325,8 +325,8 @@ def create_app(
     revocation_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Gateway:
     """Build the gateway. Every dependency may be passed in (tests pass a clock, a JWKS transport, an upstream);
-    the defaults are the production ones: keys fetched with httpx, requests forwarded with aiohttp (measured
-    faster, see gateway/upstream_aiohttp.py). ``clock`` is wall-clock seconds (token times, proof timestamps).
+    the defaults are the production ones: keys fetched with httpx, requests forwarded with the httptools client
+    (measured fastest, see gateway/upstream_httptools.py). ``clock`` is wall-clock seconds (token times, proofs).
     Issuers with a ``revocation_url`` get a :class:`RevocationFeed` (polled with its own httpx client), consulted
     by the default verifier; a ``verifier`` passed in brings its own ``is_revoked``."""
     clock = clock or time.time
@@ -366,7 +366,7 @@ def create_app(
         config,
         verifier=verifier,
         jwks=jwks,
-        upstream=upstream or AiohttpUpstream(),
+        upstream=upstream or HttptoolsUpstream(),
         metrics=metrics,
         clock=clock,
         closers=tuple(closers),

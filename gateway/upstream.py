@@ -1,15 +1,18 @@
 """The upstream HTTP client behind one small interface, so it can be swapped (issue 7 measured httpx as slow on
-the hot path: httpcore scans its whole pool on every request). Two implementations: :class:`HttpxUpstream` here
-(in-process tests drive it through ``httpx.MockTransport``) and ``gateway.upstream_aiohttp.AiohttpUpstream``,
-the production default; the loopback tests run every forwarding case against both.
+the hot path: httpcore scans its whole pool on every request). Three implementations: :class:`HttpxUpstream` here
+(in-process tests drive it through ``httpx.MockTransport``), ``gateway.upstream_aiohttp.AiohttpUpstream``, and
+``gateway.upstream_httptools.HttptoolsUpstream``, the production default (the least CPU per request); the
+loopback tests run every forwarding case against all three.
 
     await upstream.send(method, origin, target, headers, body, timeouts) -> UpstreamResponse
         .status, .headers (the raw list), aiter_raw(), aclose()
 
 Every failure is a :mod:`gateway.errors` refusal: connection refused/reset or a protocol error -> BadGateway
 (502), a connect/read/write timeout -> GatewayTimeout (504), no free pooled connection in time ->
-ServiceUnavailable (503). Nothing is retried: a retried POST may run twice (RFC 9110 §9.2.2), and a retried
-GET would double the time to a 504.
+ServiceUnavailable (503). Nothing is retried (a retried POST may run twice, RFC 9110 §9.2.2, and a retried GET
+would double the time to a 504), except an idempotent request the upstream dropped before answering (RFC 9112
+§9.3.1): aiohttp sends it once more if no body was consumed, the httptools client only if it has no body and the
+connection was a reused keep-alive one (the upstream had just timed it out).
 
 Timeouts are per operation (like nginx's ``proxy_read_timeout``): ``connect`` bounds opening a connection,
 ``read`` bounds every wait on the upstream, for its response head and between body chunks, so an upstream that
