@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 import pytest
@@ -19,7 +20,7 @@ from starlette.routing import Match, Route
 
 from gateway.config import RouteConfig
 from gateway.errors import UnsafePath
-from gateway.routing import Router, canonical_path
+from gateway.routing import Router, _decode_checked, canonical_path
 
 OWNER = RouteConfig(path="/api/{user_id}/{rest:path}", upstream="http://127.0.0.1:8002", auth="owner")
 ROUTER = Router([OWNER])
@@ -132,3 +133,38 @@ def test_no_user_id_can_be_read_as_another(user_id: str) -> None:
 def test_known_paths_satisfy_the_property(raw: bytes) -> None:
     assert owner_user_id(raw) is not None
     check_one_reading(raw)
+
+
+# --- the plain-path fast path ------------------------------------------------------------------------------------
+
+PLAIN_PIECES = [*SAFE_SEGMENT_CHARS, "/", "//", ".", "..", "...", "%", "%41", " ", "\\", ";", "é", "\x00"]
+
+
+def _reading(function: Callable[[bytes], str], raw: bytes) -> str | None:
+    try:
+        return function(raw)
+    except UnsafePath:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(PLAIN_PIECES), max_size=12))
+@example(["/"])
+@example(["/", "/"])
+@example(["/", ".", "/"])
+@example(["/", "a", "/", "..", "/"])
+@example(["/", "...", "a"])
+@example(["/", "a", "/"])
+@example([])
+def test_the_plain_path_fast_path_agrees_with_the_full_check(pieces: list[str]) -> None:
+    """canonical_path answers most paths with one compiled match (_PLAIN); it must accept exactly what the
+    byte-by-byte reference accepts and read it the same way."""
+    raw = "".join(pieces).encode("utf-8")
+    assert _reading(canonical_path, raw) == _reading(_decode_checked, raw)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=30))
+def test_the_fast_path_agrees_on_arbitrary_bytes(tail: bytes) -> None:
+    raw = b"/" + tail
+    assert _reading(canonical_path, raw) == _reading(_decode_checked, raw)
