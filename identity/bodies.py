@@ -88,7 +88,7 @@ async def read_body(request: Request) -> Body:
             return Body(UNDEFINED, form=False)
         try:
             return Body(json.loads(raw), form=False)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than the parser goes
             raise bad_request("BAD_REQUEST", "Invalid JSON in request body") from None
     # URLSearchParams semantics: the last repeated key wins.
     return Body(dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)), form=True)
@@ -126,6 +126,20 @@ CHANGE_PASSWORD = (
 REVOKE_SESSION = (Field("token", "string"),)
 
 _FORM_BOOLEANS = {"true": True, "on": True, "false": False}
+# Hashed, never stored or sent: a NUL in a password is only a character.
+_PASSWORD_FIELDS = frozenset({"password", "newPassword", "currentPassword"})
+
+
+def _text_problem(field: Field, value: str) -> str | None:
+    """JSON ``"\ud800"`` decodes to a lone surrogate, which no UTF-8 database, password hasher or header can carry,
+    and PostgreSQL cannot store NUL. JavaScript would carry both further; here each was a 500 (issue 8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Invalid input: expected valid Unicode text"
+    if "\x00" in value and field.name not in _PASSWORD_FIELDS:
+        return "Invalid input: NUL characters are not allowed"
+    return None
 
 
 def validate(body: Body, fields: tuple[Field, ...], *, record: bool = False) -> dict[str, Any]:
@@ -152,6 +166,9 @@ def validate(body: Body, fields: tuple[Field, ...], *, record: bool = False) -> 
                 continue
         elif not isinstance(item, str):
             messages.append(f"[body.{field.name}] Invalid input: expected string, received {js_type(item)}")
+            continue
+        elif (problem := _text_problem(field, item)) is not None:
+            messages.append(f"[body.{field.name}] {problem}")
             continue
         elif field.kind == "email" and not is_email(item):
             messages.append(f"[body.{field.name}] Invalid email address")
