@@ -96,19 +96,19 @@ def _production_addresses(ports: FleetPorts) -> dict[str, str]:
 PRODUCTION_ADDRESSES = tuple(_production_addresses(FleetPorts()))
 
 
-def render_gateway_config(ports: FleetPorts, *, jwks_ttl: float | None = None) -> str:
+def render_gateway_config(ports: FleetPorts, overrides: Mapping[str, float] | None = None) -> str:
     """deploy/gateway.production.toml on loopback. Each production address must be in the file (a renamed one
-    would otherwise leave the fleet pointing nowhere); ``jwks_ttl`` shortens the key cache (the fleet test's
-    rotation)."""
+    would otherwise leave the fleet pointing nowhere). ``overrides`` replaces the values of numeric keys that
+    occur once, e.g. a short ``jwks_ttl`` and ``jwks_refetch_cooldown`` for the fleet test's key rotation."""
     text = GATEWAY_CONFIG.read_text()
     for production, local in _production_addresses(ports).items():
         if production not in text:
             raise RuntimeError(f"{GATEWAY_CONFIG}: {production} not found; update scripts/fleet.py")
         text = text.replace(production, local)
-    if jwks_ttl is not None:
-        text, count = re.subn(r"(?m)^jwks_ttl = .*$", f"jwks_ttl = {jwks_ttl:.1f}", text)
+    for key, value in (overrides or {}).items():
+        text, count = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {float(value)!r}", text)
         if count != 1:
-            raise RuntimeError(f"{GATEWAY_CONFIG}: expected one jwks_ttl line, found {count}")
+            raise RuntimeError(f"{GATEWAY_CONFIG}: expected one {key} line, found {count}")
     return text
 
 
@@ -291,7 +291,7 @@ class Fleet(Stack):
         env: Mapping[str, str] | None = None,
         echo: IO[str] | None = None,
         gateway_workers: int = 1,
-        jwks_ttl: float | None = None,
+        gateway_overrides: Mapping[str, float] | None = None,
         haproxy: str = "haproxy",
     ) -> None:
         # Stack.__init__ builds devstack's three services; the attributes its methods use are set here instead.
@@ -315,7 +315,7 @@ class Fleet(Stack):
             "IDENTITY_TRUSTED_PROXIES": f"127.0.0.1/32,{LB_SOURCE}/32",
         }
         self.gateway_config = data_dir / "gateway.toml"
-        self.gateway_config.write_text(render_gateway_config(self.fleet_ports, jwks_ttl=jwks_ttl))
+        self.gateway_config.write_text(render_gateway_config(self.fleet_ports, gateway_overrides))
         py = sys.executable
         host = ["--host", "127.0.0.1"]
         ports_ = self.fleet_ports

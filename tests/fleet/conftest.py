@@ -14,9 +14,10 @@ import pytest
 from scripts.devstack import free_port
 from scripts.fleet import Fleet, FleetPorts, PrivatePostgres, ensure_haproxy
 
-#: The JWKS cache TTL the fleet test gives the gateways (deploy/gateway.production.toml says 300), so a rotation
-#: completes within the test (tests/fleet/test_fleet.py, PUBLISH_DELAY).
-JWKS_TTL = 2.0
+#: How often the fleet test's gateways refresh their JWKS: a refresh is due after ``jwks_ttl`` but never comes
+#: sooner than ``jwks_refetch_cooldown`` after the last one (deploy/gateway.production.toml: 300 and 10 s). Short
+#: here, so a key rotation completes within the test (tests/fleet/test_fleet.py, PUBLISH_DELAY).
+JWKS_REFRESH = {"jwks_ttl": 2.0, "jwks_refetch_cooldown": 1.0}
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             ports=FleetPorts.free(),
             postgres=postgres,
             env=env,
-            jwks_ttl=JWKS_TTL,
+            gateway_overrides=JWKS_REFRESH,
             haproxy=haproxy,
         ) as running:
             yield running

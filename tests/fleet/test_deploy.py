@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from scripts.fleet import HAPROXY_CONFIG, FleetPorts, ensure_haproxy, haproxy_environment, render_gateway_config
+from tests.fleet.conftest import JWKS_REFRESH
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +102,7 @@ def test_gateway_accepts_the_production_configuration(config: str, tmp_path: Pat
     path = DEPLOY / "gateway.production.toml"
     if config == "fleet":
         path = tmp_path / "gateway.toml"
-        path.write_text(render_gateway_config(FleetPorts(), jwks_ttl=2.0))
+        path.write_text(render_gateway_config(FleetPorts(), JWKS_REFRESH))
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", str(path)],
         env={"EDGE_PROOF_SECRET": SECRET, "PATH": "/usr/bin:/bin"},

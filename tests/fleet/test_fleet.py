@@ -37,7 +37,7 @@ import pytest
 from identity.keyring import REFRESH_INTERVAL
 from scripts.fleet import GATEWAYS, IDENTITIES, Fleet, lb_stats, wait_for_postgres
 from tests.fleet._load import CLIENT_ADDRESS, LoadClient, LoadThread, LoadUser, Result, no_cookies
-from tests.fleet.conftest import JWKS_TTL
+from tests.fleet.conftest import JWKS_REFRESH
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,11 @@ PASSWORD = "correct horse battery staple"
 RATE = 60.0
 LOAD_USERS = 4
 # rotate-key's publish delay. The 360 s default covers JWKS max-age 300 s + identity's key-table refresh; here the
-# gateways cache keys for JWKS_TTL, but each identity replica still learns of a key from the database only every
-# REFRESH_INTERVAL (30 s, not configurable). A shorter delay would let one replica sign with a key another replica
-# does not publish yet, and a gateway refetching from that one would refuse a valid token.
-PUBLISH_DELAY = int(REFRESH_INTERVAL + JWKS_TTL + 4)
+# gateways refresh their keys every couple of seconds (JWKS_REFRESH), but each identity replica still learns of a
+# key from the database only every REFRESH_INTERVAL (30 s, not configurable). A shorter delay would let one replica
+# sign with a key another replica does not publish yet, and a gateway refetching from that one would refuse a
+# valid token.
+PUBLISH_DELAY = int(REFRESH_INTERVAL + max(JWKS_REFRESH.values()) + 4)
 REVOCATION_BUDGET = 2.0
 # After PostgreSQL accepts connections again: identity's /readyz must pass HAProxy's `rise 2` checks 500 ms apart
 # before HAProxy routes to it again, and each pool reconnects on first use (pool_pre_ping).
@@ -361,6 +362,11 @@ def test_fleet_under_load(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> N
     ]
     outage_errors = collections.Counter(f"{r.kind} {(r.error or '')[:60]}" for r in failures if in_window(r))
     report += [f"  {count:>3} x {error}" for error, count in outage_errors.most_common(6)]
+    report += [
+        f"  in flight when PostgreSQL stopped: {r.kind} started {outage_started - r.start:.2f} s before, {r.error}"
+        for r in failures
+        if in_window(r) and r.start < outage_started
+    ]
 
     # --- acknowledged writes ---------------------------------------------------------------------------------
     lost: list[str] = []
