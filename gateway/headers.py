@@ -30,8 +30,9 @@ headers are removed, everything else is kept as the raw list (repeated ``Set-Coo
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway import proof
 from gateway.errors import BadRequest, ConflictingFraming
@@ -93,16 +94,14 @@ def _tokens(values: Iterable[bytes]) -> set[bytes]:
     return {normalize(token.strip()) for value in values for token in value.split(b",") if token.strip()}
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Who the gateway vouches for on one request; ``user_id`` None means anonymous (a public route)."""
 
     user_id: str | None
     email: str | None
 
 
-@dataclass(frozen=True)
-class Forwarding:
+class Forwarding(NamedTuple):
     """What the gateway knows about the connection, from the ASGI scope (never from client headers)."""
 
     peer: str | None  # the TCP peer's IP address; None on a Unix socket
@@ -110,8 +109,7 @@ class Forwarding:
     trusted_proxies: Sequence[IPNetwork] = ()
 
 
-@dataclass(frozen=True)
-class UpstreamHeaders:
+class UpstreamHeaders(NamedTuple):
     headers: list[Header]
     #: The client's declared body length; None when the body is chunked or absent (see ``has_body``).
     content_length: int | None
@@ -139,16 +137,28 @@ def _content_length(values: list[bytes]) -> int | None:
     return int(values[0])
 
 
+# Controls (C0, DEL, C1) anywhere, or edge whitespace that parsers strip as OWS.
+_UNSAFE_CLAIM = re.compile("[\x00-\x1f\x7f-\x9f]|^[ \t]|[ \t]$")
+
+
 def _claim_bytes(value: str) -> bytes:
     """A claim as a header value. Backends (and :class:`gateway.proof.ProofVerifier`) read header bytes as
     latin-1, so the claim is sent as latin-1 and proven as the same string; a claim that latin-1 cannot carry,
     or with controls (header injection) or edge whitespace (stripped by parsers as OWS), is refused."""
-    if value != value.strip(" \t") or any(ch < " " or "\x7f" <= ch < "\xa0" for ch in value):
+    if _UNSAFE_CLAIM.search(value) is not None:
         raise ValueError("claim not representable in an HTTP header")
     try:
         return value.encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError("claim not representable in an HTTP header") from None
+
+
+# Request header names that pass through untouched, spelled exactly so (lower case, no "_"): the common case costs
+# one set lookup instead of normalising and checking every rule.
+_PLAIN_FORWARDED = frozenset(
+    {b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"content-type", b"cookie", b"origin"}
+    | {b"referer", b"user-agent", b"if-match", b"if-none-match", b"if-modified-since", b"pragma", b"range"}
+)
 
 
 def upstream_headers(
@@ -165,18 +175,24 @@ def upstream_headers(
 ) -> UpstreamHeaders:
     """The header list to send upstream for one request. Raises BadRequest/ConflictingFraming on bad framing,
     ValueError when a claim cannot be carried in a header (the caller treats that token as invalid)."""
-    headers = list(headers)
-    nominated: set[bytes] = set()
+    trusted = is_trusted(forwarding.peer, forwarding.trusted_proxies)
+    nominated: set[bytes] | None = None
     content_lengths: list[bytes] = []
     hosts: list[bytes] = []
     codings: list[bytes] = []
     client_xff: list[bytes] = []
     client_proto: list[bytes] = []
     client_host: list[bytes] = []
+    out: list[Header] = []
+    keys: list[bytes] = []  # the normalised name of each header in ``out``, for Connection-nominated removal
     for name, value in headers:
         lowered = name.lower()
+        if lowered in _PLAIN_FORWARDED:
+            out.append((lowered, value))
+            keys.append(lowered)
+            continue
         if lowered == b"connection":
-            nominated |= _tokens([value])
+            nominated = _tokens([value]) if nominated is None else nominated | _tokens([value])
         elif lowered == b"content-length":
             content_lengths.append(value.strip())
         elif lowered == b"transfer-encoding":
@@ -189,6 +205,15 @@ def upstream_headers(
             client_proto.append(value.strip())
         elif lowered == b"x-forwarded-host":
             client_host.append(value.strip())
+        key = lowered.replace(b"_", b"-")
+        if key in _ALWAYS_DROPPED or (key == b"authorization" and not forward_authorization):
+            continue
+        # Other X-Forwarded-* (Port, Prefix, Ssl, ...) steer URL building in many frameworks: only a trusted
+        # proxy may set them.
+        if key.startswith(b"x-forwarded-") and not trusted:
+            continue
+        out.append((lowered, value))
+        keys.append(key)
     chunked = bool(codings)
     if chunked and content_lengths:
         raise ConflictingFraming()
@@ -199,21 +224,8 @@ def upstream_headers(
     if len(hosts) > 1:
         raise BadRequest("more than one Host header")
     content_length = _content_length(content_lengths)
-
-    dropped = _ALWAYS_DROPPED | nominated
-    if not forward_authorization:
-        dropped = dropped | {b"authorization"}
-    trusted = is_trusted(forwarding.peer, forwarding.trusted_proxies)
-    out: list[Header] = []
-    for name, value in headers:
-        key = normalize(name)
-        if key in dropped:
-            continue
-        # Other X-Forwarded-* (Port, Prefix, Ssl, ...) steer URL building in many frameworks: only a trusted
-        # proxy may set them.
-        if key.startswith(b"x-forwarded-") and not trusted:
-            continue
-        out.append((name.lower(), value))
+    if nominated:
+        out = [header for header, key in zip(out, keys, strict=True) if key not in nominated]
 
     if content_length is not None:
         out.append((b"content-length", str(content_length).encode()))
@@ -241,6 +253,12 @@ def upstream_headers(
     return UpstreamHeaders(out, content_length, has_body=chunked or bool(content_length))
 
 
+_REQUEST_ID = proof.REQUEST_ID_HEADER.encode()
+_USER_ID = proof.USER_ID_HEADER.encode()
+_USER_EMAIL = proof.USER_EMAIL_HEADER.encode()
+_PROOF = proof.PROOF_HEADER.encode()
+
+
 def owned_headers(
     *, method: str, target: str, identity: Identity, request_id: str, proof_secret: bytes, timestamp: int
 ) -> list[Header]:
@@ -256,20 +274,28 @@ def owned_headers(
         request_id=request_id,
         timestamp=timestamp,
     )
-    out = [(proof.REQUEST_ID_HEADER.encode(), request_id.encode())]
+    out = [(_REQUEST_ID, request_id.encode())]
     if user_id is not None:
-        out.append((proof.USER_ID_HEADER.encode(), user_id))
+        out.append((_USER_ID, user_id))
     if email is not None:
-        out.append((proof.USER_EMAIL_HEADER.encode(), email))
-    out.append((proof.PROOF_HEADER.encode(), signature.encode()))
+        out.append((_USER_EMAIL, email))
+    out.append((_PROOF, signature.encode()))
     return out
 
 
 def downstream_headers(headers: Iterable[Header], request_id: str) -> list[Header]:
     """The upstream's response headers as sent to the client: raw list, hop-by-hop removed, our request id."""
-    headers = list(headers)
-    nominated = _tokens(value for name, value in headers if name.lower() == b"connection")
-    dropped = _RESPONSE_DROPPED | nominated
-    out = [(name.lower(), value) for name, value in headers if normalize(name) not in dropped]
-    out.append((proof.REQUEST_ID_HEADER.encode(), request_id.encode()))
+    out: list[Header] = []
+    keys: list[bytes] = []
+    nominated: set[bytes] | None = None
+    for name, value in headers:
+        key = name.lower().replace(b"_", b"-")
+        if key == b"connection":
+            nominated = _tokens([value]) if nominated is None else nominated | _tokens([value])
+        if key not in _RESPONSE_DROPPED:
+            out.append((name.lower(), value))
+            keys.append(key)
+    if nominated:
+        out = [header for header, key in zip(out, keys, strict=True) if key not in nominated]
+    out.append((_REQUEST_ID, request_id.encode()))
     return out
