@@ -100,23 +100,36 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        # Labelled children, looked up once: ``.labels()`` validates and locks on every call (several µs, issue 7).
+        # Bounded like the labels themselves: route templates x status codes, token outcomes.
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._token_children: dict[str, Counter] = {}
+        self._cache_hit = self.token_cache.labels("hit")
+        self._cache_miss = self.token_cache.labels("miss")
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Metrics:
         return cls(multiprocess_dir=environ.get(MULTIPROC_ENV) or None)
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def token(self, outcome: str) -> None:
-        self.tokens.labels(outcome).inc()
+        child = self._token_children.get(outcome)
+        if child is None:
+            child = self._token_children[outcome] = self.tokens.labels(outcome)
+        child.inc()
 
     def cache(self, hits: int, misses: int) -> None:
         if hits:
-            self.token_cache.labels("hit").inc(hits)
+            self._cache_hit.inc(hits)
         if misses:
-            self.token_cache.labels("miss").inc(misses)
+            self._cache_miss.inc(misses)
 
     def jwks_fetch(self, issuer: str, outcome: str) -> None:
         self.jwks_fetches.labels(issuer, outcome).inc()
