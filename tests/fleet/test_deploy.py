@@ -240,3 +240,10 @@ def test_compose_uses_the_addressing_plan() -> None:
         read_env("identity.env")["IDENTITY_TRUSTED_PROXIES"]
         == services["identity-1"]["environment"]["IDENTITY_TRUSTED_PROXIES"]
     )
+
+
+def test_readme_documents_every_file() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    files = [path.relative_to(DEPLOY).as_posix() for path in DEPLOY.rglob("*") if path.is_file()]
+    undocumented = [name for name in files if name != "README.md" and f"`{name}`" not in readme]
+    assert not undocumented, f"deploy/README.md does not describe {undocumented}"
