@@ -277,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.results / f"{stem}.json").write_text(json.dumps(data, indent=2, default=str))
     print(f"written: {args.results / stem}.md and .json")
     if not args.no_chart and all_ratios:
-        title = f"edge gateway bench {started:%Y-%m-%d %H:%M}, {args.rounds} rounds x {args.duration:g} s per run"
+        ones = [item["loadavg"][0] for item in loads]
+        title = (
+            f"edge gateway bench {started:%Y-%m-%d %H:%M}, {args.rounds} rounds x {args.duration:g} s per run, "
+            f"1-min load average {min(ones, default=0):.1f}-{max(ones, default=0):.1f} on {os.cpu_count()} CPUs"
+        )
         report.chart(all_ratios, args.chart, title)
         print(f"chart: {args.chart}")
     return 0

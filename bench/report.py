@@ -163,7 +163,7 @@ def chart(ratios: Sequence[Ratio], path: Path, title: str) -> None:
     if not shown:
         return
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(shown) + 1.6))
-    names = [ratio.spec.name for ratio in shown][::-1]
+    names = [ratio.spec.name + (" (lower is better)" if ratio.spec.metric != "rps" else "") for ratio in shown][::-1]
     medians = [ratio.median or 0 for ratio in shown][::-1]
     colors = []
     for ratio in shown[::-1]:
