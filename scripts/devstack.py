@@ -191,7 +191,7 @@ class Stack:
 
     def _pump(self, service: Service, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
-        color, reset = (COLORS[service.name], "\033[0m") if self.echo is not None and self.echo.isatty() else ("", "")
+        color, reset = (COLORS.get(service.name, ""), "\033[0m") if self.echo is not None and self.echo.isatty() else ("", "")
         for raw in process.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             service.output.append(line)

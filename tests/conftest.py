@@ -20,6 +20,7 @@ import pytest
 
 POSTGRES_ENV = "EDGE_TEST_POSTGRES_URL"
 BROWSER_ENV = "EDGE_TEST_REQUIRE_BROWSER"
+NO_SKIPS_ENV = "EDGE_TEST_NO_SKIPS"
 CHROMIUM = os.environ.get("EDGE_TEST_CHROMIUM", "/usr/bin/chromium")
 
 _backends = ["sqlite"] + (["postgres"] if os.environ.get(POSTGRES_ENV) else [])
@@ -77,3 +78,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("-m"):
         config.option.markexpr = "not soak"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With EDGE_TEST_NO_SKIPS=1 (.ci/run sets it) a skipped test fails the run: CI must not pass by skipping
+    what it was meant to check (a missing tool, a missing service)."""
+    if os.environ.get(NO_SKIPS_ENV) != "1" or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        names = ", ".join(report.nodeid for report in skipped[:10])
+        print(f"\n{NO_SKIPS_ENV}=1 and {len(skipped)} test(s) skipped: {names}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
