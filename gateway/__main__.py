@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import copy
 import functools
+import gc
 import json
 import logging
 import os
@@ -282,13 +283,26 @@ def head_limits() -> tuple[float, int]:
     return timeout, limit
 
 
+def tune_gc() -> None:
+    """Called once the app is built. Everything allocated so far (modules, configuration, the app) lives as long as
+    the process, so it is moved out of the collector's sight (``gc.freeze``); and the young generation is collected
+    every 10,000 net container allocations instead of 700: the request path allocates many short-lived containers
+    that reference counting frees anyway, and each collection rescans whatever is young. ~10% less CPU per proxied
+    request, measured (issue 7)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def worker_app() -> Any:
     """The app factory each worker process calls (``--workers`` > 1): configuration from ``GATEWAY_CONFIG``."""
     from gateway.app import create_app
     from gateway.config import load_config
     from gateway.metrics import Metrics
 
-    return create_app(load_config(os.environ[CONFIG_ENV], os.environ), metrics=Metrics.from_environ(os.environ))
+    app = create_app(load_config(os.environ[CONFIG_ENV], os.environ), metrics=Metrics.from_environ(os.environ))
+    tune_gc()
+    return app
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -331,7 +345,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from gateway.app import create_app
         from gateway.metrics import Metrics
 
-        uvicorn.run(create_app(config, metrics=Metrics.from_environ(environ)), **options)
+        app = create_app(config, metrics=Metrics.from_environ(environ))
+        tune_gc()
+        uvicorn.run(app, **options)
         return 0
 
     # Worker processes inherit the process environment: that is where they find the configuration.

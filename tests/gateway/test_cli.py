@@ -165,3 +165,13 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
         assert (response.status_code, response.text) == (200, "slow done")
     finally:
         loop.close()
+
+
+def test_the_served_process_tunes_its_garbage_collector():
+    # In a process of its own: freezing the test runner's heap would change every later test's GC behaviour.
+    script = (
+        "import gc; from gateway.__main__ import tune_gc; tune_gc(); "
+        "assert gc.get_threshold()[0] == 10_000, gc.get_threshold(); assert gc.get_freeze_count() > 0"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
