@@ -69,11 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--burst-connections", type=int, default=4, help="wrk connections per endpoint in the burst check (default 4)"
     )
-    parser.add_argument(
-        "--gateway-access-log",
-        action="store_true",
-        help="keep the gateway's JSON access log on (off by default, as nginx and HAProxy run without logs here)",
-    )
     parser.add_argument("--profile", action="store_true", help="also sample the gateway with py-spy (warm and cold)")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing tools")
     parser.add_argument(
@@ -159,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         proxy_rig = identity_rig = None
         if proxy_scenarios:
-            proxy_rig = proxybench.ProxyRig(
-                processes, work, where, workers="workers" in proxy_scenarios, access_log=args.gateway_access_log
-            )
+            proxy_rig = proxybench.ProxyRig(processes, work, where, workers="workers" in proxy_scenarios)
             print("starting upstream, nginx proxy, HAProxy ES256/RS256, gateway ...", flush=True)
             proxy_rig.start()
             problems = proxy_rig.probe()

@@ -30,7 +30,15 @@ from bench.stats import AbsoluteGoal, RatioSpec, Run, check
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("warm", "cold", "workers")
-WARM_TARGETS = ("nginx", "haproxy-ES256", "haproxy-RS256", "gateway-EdDSA", "gateway-ES256", "uvicorn-constant")
+WARM_TARGETS = (
+    "nginx",
+    "haproxy-ES256",
+    "haproxy-RS256",
+    "gateway-EdDSA",
+    "gateway-ES256",
+    "gateway-EdDSA-log",
+    "uvicorn-constant",
+)
 # nginx in the cold scenario calibrates the load side: the rotating Lua script costs wrk more than -H does.
 COLD_TARGETS = ("nginx", "haproxy-ES256", "haproxy-RS256", "gateway-EdDSA", "gateway-ES256")
 WORKER_TARGETS = ("gateway-1w", "gateway-2w")
@@ -42,6 +50,12 @@ RATIO_SPECS = (
     RatioSpec("warm: ours ES256 / HAProxy RS256", ("warm", "gateway-ES256"), ("warm", "haproxy-RS256"), goal=1.0),
     RatioSpec("warm: ours EdDSA / nginx", ("warm", "gateway-EdDSA"), ("warm", "nginx"), goal=0.5),
     RatioSpec("warm: ours ES256 / nginx", ("warm", "gateway-ES256"), ("warm", "nginx"), goal=0.5),
+    RatioSpec(
+        "warm CPU/req: ours with / without access log",
+        ("warm", "gateway-EdDSA-log"),
+        ("warm", "gateway-EdDSA"),
+        metric="cpu_us_per_request",
+    ),
     RatioSpec("warm: ours EdDSA / bare uvicorn app", ("warm", "gateway-EdDSA"), ("warm", "uvicorn-constant")),
     RatioSpec(
         "warm p99: ours EdDSA / HAProxy ES256",
@@ -137,9 +151,7 @@ class Target:
 class ProxyRig:
     """Starts every process of the proxy side; ``targets`` maps a target name to what wrk hits."""
 
-    def __init__(
-        self, processes: procs.Processes, work: Path, where: Placement, *, workers: bool, access_log: bool = False
-    ) -> None:
+    def __init__(self, processes: procs.Processes, work: Path, where: Placement, *, workers: bool) -> None:
         self.processes = processes
         self.work = work
         self.where = where
@@ -152,8 +164,6 @@ class ProxyRig:
         self.warm_user = keys.user_id()
         self.warm_tokens = {alg: key.mint(self.warm_user) for alg, key in self.keys.items()}
         self.shared_cold_files: dict[str, tuple[Path, int]] = {}
-        # nginx and HAProxy run without access logs here; so does our gateway unless asked (--gateway-access-log).
-        self.gateway_flags = [] if access_log else ["--no-access-log"]
 
     # -- start-up ---------------------------------------------------------------------------------------
 
@@ -164,12 +174,14 @@ class ProxyRig:
         argv = ["nginx", "-p", str(self.work), "-e", str(self.work / f"{name}-error.log"), "-c", str(path)]
         return self.processes.start(name, argv, cpus=self.where.proxy)
 
-    def _gateway(self, name: str, port: int, workers: int, cpus: str | None) -> procs.Proc:
+    def _gateway(self, name: str, port: int, workers: int, cpus: str | None, *, access_log: bool = False) -> procs.Proc:
         config = self.work / "gateway.toml"
         config.write_text(configs.gateway_toml(self.upstream_port, issuer=keys.ISSUER, audience=keys.AUDIENCE))
         env = {**os.environ, "EDGE_PROOF_SECRET": secrets.token_urlsafe(48), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "gateway", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--workers", str(workers), *self.gateway_flags]
+        # nginx and HAProxy run without access logs here, so the compared gateways do too; "gateway-EdDSA-log"
+        # measures the same gateway with its JSON access log on (written to the bench's log file).
+        argv += ["--workers", str(workers), *([] if access_log else ["--no-access-log"])]
         return self.processes.start(name, argv, cpus=cpus, env=env, cwd=ROOT)
 
     def start(self) -> None:
@@ -206,6 +218,11 @@ class ProxyRig:
         gateway = self._gateway("gateway", port, 1, self.where.proxy)
         for alg in ("EdDSA", "ES256"):
             self.targets[f"gateway-{alg}"] = Target(f"gateway-{alg}", port, gateway, alg, caches_tokens=True)
+        port = free_port()
+        logging_gateway = self._gateway("gateway-log", port, 1, self.where.proxy, access_log=True)
+        self.targets["gateway-EdDSA-log"] = Target(
+            "gateway-EdDSA-log", port, logging_gateway, "EdDSA", caches_tokens=True
+        )
         if self.with_workers:
             for workers in (1, 2):
                 port = free_port()

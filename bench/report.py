@@ -27,7 +27,7 @@ def run_line(run: Run) -> str:
     cpu = f"{run.cpu_us_per_request:,.0f} µs/req" if run.cpu_us_per_request is not None else "-"
     flag = "" if run.valid else "  NOT A RESULT: " + "; ".join(run.problems)
     return (
-        f"  r{run.round} {run.scenario:<22} {run.target:<16} {run.rps:>9,.0f} req/s  p50 {run.p50_ms:6.2f} ms"
+        f"  r{run.round} {run.scenario:<22} {run.target:<17} {run.rps:>9,.0f} req/s  p50 {run.p50_ms:6.2f} ms"
         f"  p99 {run.p99_ms:7.2f} ms  {cpu:>12}  (load {run.load1:.2f}){flag}"
     )
 
