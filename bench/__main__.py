@@ -69,7 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--burst-connections", type=int, default=4, help="wrk connections per endpoint in the burst check (default 4)"
     )
-    parser.add_argument("--profile", action="store_true", help="also sample the gateway with py-spy (warm and cold)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also sample with py-spy: the gateway (warm, cold) and our identity service (/token)",
+    )
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing tools")
     parser.add_argument(
         "--results", type=Path, default=ROOT / "bench" / "results", help="output directory (default bench/results)"
@@ -205,23 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
         if identity_rig is not None:
-            print("\n== burst check: 50 concurrent sign-ins under /jwks + /token load", flush=True)
-            for service in identitybench.SERVICES:
-                for with_burst in (False, True):
-                    item = identity_rig.burst(
-                        service,
-                        window=args.burst_window,
-                        connections=args.burst_connections,
-                        load_cpus=where.load,
-                        with_burst=with_burst,
-                    )
-                    bursts.append(item)
-                    phase = "burst" if with_burst else "baseline"
-                    print(
-                        f"  {service:<12} {phase:<8} /jwks p99 {item['jwks_p99_ms']:.1f} ms,"
-                        f" /token p99 {item['token_p99_ms']:.1f} ms",
-                        flush=True,
-                    )
+            bursts = burst_check(identity_rig, args, where.load)
 
         if args.profile:
             profiles = run_profiles(proxy_rig, identity_rig, args, runs, where.load)
@@ -239,6 +227,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"configs and logs kept in {work}", file=sys.stderr)
 
+    write_outputs(args, started, command, where.note, loads, runs, sign_ins, bursts, profiles)
+    return 0
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    started: dt.datetime,
+    command: str,
+    placement: str,
+    loads: list[dict[str, Any]],
+    runs: list[Run],
+    sign_ins: list[identitybench.SignInRound],
+    bursts: list[dict[str, Any]],
+    profiles: list[str],
+) -> None:
+    """The tables on stdout, bench/results/bench-<date>.{md,json} and the chart."""
     finished = dt.datetime.now().astimezone()
     all_ratios = ratios(runs, proxybench.RATIO_SPECS + identitybench.RATIO_SPECS, args.rounds)
     meta = {
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "load_average_start_end": [loads[0]["loadavg"] if loads else None, procs.loadavg()],
         "load_average_per_round": loads,
-        "placement": where.note,
+        "placement": placement,
         "versions": prereqs.versions(),
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
     }
@@ -277,7 +281,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.chart(all_ratios, args.chart, title)
         print(f"chart: {args.chart}")
-    return 0
+
+
+def burst_check(
+    rig: identitybench.IdentityRig, args: argparse.Namespace, load_cpus: str | None
+) -> list[dict[str, Any]]:
+    print("\n== burst check: 50 concurrent sign-ins under /jwks + /token load", flush=True)
+    bursts = []
+    for service in identitybench.SERVICES:
+        for with_burst in (False, True):
+            item = rig.burst(
+                service,
+                window=args.burst_window,
+                connections=args.burst_connections,
+                load_cpus=load_cpus,
+                with_burst=with_burst,
+            )
+            bursts.append(item)
+            phase = "burst" if with_burst else "baseline"
+            jwks, token = item["jwks_p99_ms"], item["token_p99_ms"]
+            print(f"  {service:<12} {phase:<8} /jwks p99 {jwks:.1f} ms, /token p99 {token:.1f} ms", flush=True)
+    return bursts
 
 
 def run_profiles(
