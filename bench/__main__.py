@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -117,6 +118,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source_state() -> str:
+    """The commit measured, and whether the services' code had uncommitted changes (the tree is shared)."""
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        except OSError:
+            return ""
+        return done.stdout.rstrip()
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "gateway", "identity").splitlines()]
+    return head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds into the `finally` that stops every process
 
@@ -125,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now().astimezone()
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    source = source_state()  # the services are started from this tree in a moment
     print(f"{started:%Y-%m-%d %H:%M:%S %Z}  {command}")
+    print(f"code: {source}")
     print(f"load average at start: {' '.join(f'{value:.2f}' for value in procs.loadavg())}  (CPUs: {os.cpu_count()})")
 
     install = not args.no_install
@@ -227,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"configs and logs kept in {work}", file=sys.stderr)
 
-    write_outputs(args, started, command, where.note, loads, runs, sign_ins, bursts, profiles)
+    write_outputs(args, started, command, source, where.note, loads, runs, sign_ins, bursts, profiles)
     return 0
 
 
@@ -235,6 +253,7 @@ def write_outputs(
     args: argparse.Namespace,
     started: dt.datetime,
     command: str,
+    source: str,
     placement: str,
     loads: list[dict[str, Any]],
     runs: list[Run],
@@ -253,6 +272,7 @@ def write_outputs(
         "load_average_start_end": [loads[0]["loadavg"] if loads else None, procs.loadavg()],
         "load_average_per_round": loads,
         "placement": placement,
+        "source": source,
         "versions": prereqs.versions(),
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
     }
@@ -403,6 +423,7 @@ def render_markdown(
         f"- load average (1/5/15 min) at start {load_start}, at end {tuple(round(v, 2) for v in load_end)}; per round: "
         + ", ".join(f"r{item['round']} {item['loadavg'][0]:.2f}" for item in meta["load_average_per_round"]),
         f"- placement: {meta['placement']}",
+        f"- code measured: {meta['source']}",
         "- versions: " + ", ".join(f"{key} {value}" for key, value in meta["versions"].items()),
         "",
     ]
