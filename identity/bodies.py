@@ -27,14 +27,16 @@ class _Undefined:
 
 UNDEFINED: Any = _Undefined()
 
-# zod 4's default z.email() pattern.
+# zod 4's default z.email() pattern. JavaScript's ``$`` (no ``m`` flag) is the end of the input; Python's ``$``
+# also matches before a final "\n", so the port anchors with fullmatch: "victim@x.com\n" is not an email (it
+# was a second account for the victim's mailbox). The character classes leave no room for whitespace or controls.
 _EMAIL = re.compile(
-    r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$", re.ASCII
+    r"(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}", re.ASCII
 )
 
 
 def is_email(value: str) -> bool:
-    return _EMAIL.match(value) is not None
+    return _EMAIL.fullmatch(value) is not None
 
 
 def js_type(value: Any) -> str:

@@ -13,14 +13,15 @@ from urllib.parse import urlsplit
 from identity.config import origin_of
 from identity.errors import IdentityError, bad_request, forbidden
 
-# Better Auth's relative-callback rule: a path, never protocol-relative ("//", "/\\", encoded slashes).
-_RELATIVE = re.compile(r"^/(?!/|\\|%2f|%5c)[\w\-.+/@]*(?:\?[\w\-.+/=&%@]*)?$", re.ASCII)
+# Better Auth's relative-callback rule: a path, never protocol-relative ("//", "/\\", encoded slashes). Matched
+# whole (fullmatch): Python's "$" would also accept a final "\n", which JavaScript's does not.
+_RELATIVE = re.compile(r"/(?!/|\\|%2f|%5c)[\w\-.+/@]*(?:\?[\w\-.+/=&%@]*)?", re.ASCII)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def is_trusted(url: str, trusted: tuple[str, ...], *, allow_relative: bool) -> bool:
     if url.startswith("/"):
-        return allow_relative and _RELATIVE.match(url) is not None
+        return allow_relative and _RELATIVE.fullmatch(url) is not None
     try:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:

@@ -203,6 +203,38 @@ async def test_error_rows(h, path, body, status, code, message):
     assert "set-cookie" not in response.headers
 
 
+@pytest.mark.parametrize(
+    "email",
+    [
+        pytest.param("alice@example.com\n", id="trailing newline"),
+        pytest.param("ALICE@EXAMPLE.COM\n", id="other case, trailing newline"),
+        pytest.param("alice@example.com\r\n", id="trailing CRLF"),
+        pytest.param("\nalice@example.com", id="leading newline"),
+        pytest.param("alice@example.com ", id="trailing space"),
+        pytest.param(" alice@example.com", id="leading space"),
+        pytest.param("alice@example.com\t", id="trailing tab"),
+        pytest.param("ali ce@example.com", id="inner space"),
+        pytest.param("alice@exam\nple.com", id="inner newline"),
+        pytest.param("alice@example.com\x0b", id="vertical tab"),
+        pytest.param("alice@example.com\x7f", id="DEL"),
+        pytest.param("alice@example.com\x85", id="C1 next line"),
+        pytest.param("alice@example.com\u00a0", id="no-break space"),
+        pytest.param("alice@example.com\u2028", id="line separator"),
+    ],
+)
+async def test_email_with_whitespace_or_controls(h, email):
+    """zod's email pattern ends in ``$`` (JavaScript: end of input only). Python's ``$`` also matches before a
+    final newline, which let ``"alice@example.com\n"`` sign up as a second account for Alice's mailbox."""
+    await h.sign_up()
+    response = await h.client.post(SIGN_UP, json={**GOOD, "email": email, "password": "attacker password"})
+    assert response.status_code == 400
+    assert response.json() == {"message": "[body.email] Invalid email address", "code": "VALIDATION_ERROR"}
+    response = await h.client.post(SIGN_IN, json={"email": email, "password": "correct horse"})
+    assert response.status_code == 400
+    assert response.json() == {"message": "Invalid email", "code": "INVALID_EMAIL"}
+    assert "set-cookie" not in response.headers
+
+
 @pytest.mark.parametrize("email", ["alice@example.com", "ALICE@Example.COM"], ids=["same case", "other case"])
 async def test_duplicate_email_any_case(h, email):
     await h.sign_up()

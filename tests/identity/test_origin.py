@@ -122,6 +122,8 @@ async def test_session_management_with_cookie_needs_trusted_origin(h, path):
         pytest.param("https://127.0.0.1:8000", False, False, id="other scheme"),
         pytest.param("/dashboard?tab=1", True, True, id="relative path"),
         pytest.param("/dashboard", False, False, id="relative not allowed for origins"),
+        pytest.param("/dashboard\n", True, False, id="relative path, trailing newline"),
+        pytest.param("/dashboard?tab=1\n", True, False, id="relative query, trailing newline"),
         pytest.param("//evil.example/x", True, False, id="protocol-relative"),
         pytest.param("/\\evil.example", True, False, id="backslash"),
         pytest.param("/%2fevil.example", True, False, id="encoded slash"),
