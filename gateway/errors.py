@@ -15,6 +15,7 @@ client-supplied secret: they are written for logs and clients alike.
     ├── Forbidden                     403 insufficient_scope  (owner mismatch, required claim absent)
     ├── NotFound                      404 not_found
     ├── MethodNotAllowed              405 method_not_allowed  (+ ``allow``)
+    ├── RequestTimeout                408 request_timeout     (the client stopped sending its body)
     ├── PayloadTooLarge               413 payload_too_large
     ├── BadGateway                    502 bad_gateway         (upstream refused, reset or spoke garbage)
     ├── ServiceUnavailable            503 service_unavailable (e.g. an issuer has no usable keys)
@@ -194,6 +195,15 @@ class MethodNotAllowed(GatewayError):
 
     def headers(self, realm: str) -> list[tuple[str, str]]:
         return [("allow", ", ".join(self.allow))]
+
+
+class RequestTimeout(GatewayError):
+    """RFC 9110 §15.5.9: the client sent no request-body bytes for the route's timeout (issue 8: a stalled upload
+    held a gateway and an upstream connection for ever, since aiohttp starts its read timeout after the body)."""
+
+    status = 408
+    error = "request_timeout"
+    default_message = "the request body stopped arriving"
 
 
 class PayloadTooLarge(GatewayError):

@@ -2,9 +2,10 @@
 
 The request body is read from ASGI ``receive`` as the upstream client asks for it; ``max_body_bytes`` is
 enforced on the declared ``Content-Length`` before anything is sent and on the bytes counted while streaming
-(a chunked body has no declared length). The response head goes out as soon as the upstream's arrives, each
-raw chunk as soon as it is read, and the upstream response is closed in a ``finally`` (Starlette's
-``background=`` would run only after a normal finish, STYLE.md).
+(a chunked body has no declared length); a client that sends no body bytes for the route's ``timeout`` gets a
+408. The response head goes out as soon as the upstream's arrives, each raw chunk as soon as it is read, and the
+upstream response is closed in a ``finally`` (Starlette's ``background=`` would run only after a normal finish,
+STYLE.md).
 
 A client that disconnects must free the upstream connection. uvicorn's ``send`` silently drops messages to a
 closed connection (ASGI spec 2.3), so a watcher task waits on ``receive`` for ``http.disconnect`` once the
@@ -22,7 +23,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import PayloadTooLarge
+from gateway.errors import PayloadTooLarge, RequestTimeout
 from gateway.headers import UpstreamHeaders, downstream_headers
 from gateway.upstream import Timeouts, Upstream
 
@@ -38,10 +39,18 @@ class ClientDisconnected(Exception):
     """The client went away before the exchange finished; there is nobody left to answer."""
 
 
-async def _request_body(receive: Receive, limit: int | None, on_complete: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _request_body(
+    receive: Receive, limit: int | None, idle: float, on_complete: Callable[[], None]
+) -> AsyncIterator[bytes]:
     received = 0
     while True:
-        message = await receive()
+        # nginx's client_body_timeout: a client that sends nothing for ``idle`` seconds is given up on. No upstream
+        # timeout can catch it: the upstream waits for the body, and aiohttp's read timeout starts after it.
+        try:
+            async with asyncio.timeout(idle):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"no request body bytes for {idle:g} s") from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected()
         chunk: bytes = message.get("body", b"")
@@ -99,7 +108,7 @@ async def forward(
         nonlocal timer
         timer = loop.call_later(WATCH_AFTER, start_watching)
 
-    body = _request_body(receive, max_body_bytes, body_consumed) if headers.has_body else None
+    body = _request_body(receive, max_body_bytes, timeouts.read, body_consumed) if headers.has_body else None
     if body is None:
         body_consumed()
     try:
