@@ -536,10 +536,10 @@ class RawUpstream:
             self.incomplete.append(received)
             return False
         if length or chunked:
-            self.complete.append(received)
+            self.complete.append(received)  # also before the answer, for the same reason
+        self.answered += 1  # before the answer leaves: a client that has it may count on this
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
-        self.answered += 1
         return True
 
 

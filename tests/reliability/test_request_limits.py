@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import secrets
 import select
 import socket
@@ -16,7 +17,15 @@ import pytest
 
 from tests.gateway.conftest import make_key, mint
 from tests.reliability._support import wait_until
-from tests.reliability.conftest import HEADER_TIMEOUT, JWKS_COOLDOWN, JWKS_TIMEOUT, JWKS_TTL, SMALL_BODY, Edge
+from tests.reliability.conftest import (
+    HEADER_TIMEOUT,
+    JWKS_COOLDOWN,
+    JWKS_TIMEOUT,
+    JWKS_TTL,
+    SMALL_BODY,
+    UPSTREAM_TIMEOUT,
+    Edge,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +227,55 @@ def test_random_kids_cost_at_most_one_jwks_fetch_per_cooldown(edge: Edge) -> Non
         ),
         2,
     )
+
+
+def _send_body_slowly(edge: Edge, path: bytes, pieces: int, every: float, limit: float) -> tuple[bytes, float]:
+    """Send a head announcing 1000 bytes, then ``pieces`` single bytes ``every`` seconds apart (then nothing), until
+    the gateway answers or ``limit`` seconds pass; return the answer and when it came."""
+    with _connect(edge) as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        sock.settimeout(every)
+        answer, sent = b"", 0
+        while time.monotonic() - started < limit and not answer:
+            try:
+                if sent < pieces:
+                    sock.sendall(b"x")
+                    sent += 1
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        elapsed = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        match = re.search(rb"(?i)content-length: *(\d+)", head)
+        sock.settimeout(5)
+        while match and len(body) < int(match.group(1)):
+            more = sock.recv(65536)
+            if not more:
+                break
+            body += more
+        return head + b"\r\n\r\n" + body if answer else b"", elapsed
+
+
+def test_a_stalled_upload_is_408_after_the_route_timeout(edge: Edge) -> None:
+    # The head is complete, so the header timeout is over; the upstream waits for the body and never answers, and
+    # aiohttp's read timeout only starts once the body is sent: without a body timeout this waited for ever.
+    edge.flaky.mode = "ok"
+    answer, elapsed = _send_body_slowly(edge, b"/flaky/stalled", pieces=3, every=0.2, limit=UPSTREAM_TIMEOUT + 4)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert elapsed < 3 * 0.2 + UPSTREAM_TIMEOUT + 2
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+    assert wait_until(lambda: edge.flaky.open <= 1, 3), edge.flaky.open  # the upstream request was dropped too
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a body trickled a byte at a time never stalls long enough for the idle timeout (like nginx's "
+    "client_body_timeout); bounding it needs a minimum-rate rule (Apache mod_reqtimeout MinRate), not implemented",
+)
+def test_a_trickled_upload_is_cut_off(edge: Edge) -> None:
+    edge.flaky.mode = "ok"
+    answer, _ = _send_body_slowly(edge, b"/flaky/trickled", pieces=1000, every=0.25, limit=UPSTREAM_TIMEOUT + 1.5)
+    assert answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 504 ")), answer[:100]
