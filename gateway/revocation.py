@@ -229,8 +229,8 @@ class RevocationFeed:
                         logger.info("revocation feed for %s is reachable again", issuer)
                     return False
                 if not advanced:
-                    # More pages, yet the cursor did not move: the feed's re-sent recent entries fill a whole
-                    # page. They age out of its overlap window within seconds; retry at the normal interval.
+                    # More pages, yet the cursor did not move: a broken feed (identity pages by keyset, so its
+                    # cursor moves with every full page). Stop rather than spin; retry at the normal interval.
                     logger.warning("revocation feed for %s: more pages but the cursor did not advance", issuer)
                     return False
             return True

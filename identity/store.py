@@ -27,7 +27,12 @@ _TOKEN_ALPHABET = string.ascii_letters + string.digits
 #: Rows newer than this are re-sent on every poll: on PostgreSQL a transaction may commit after one with a
 #: higher ``seq``, so a cursor alone could skip it. Duplicates are harmless to a set of revoked ids.
 FEED_OVERLAP_MS = 10_000
+#: Rows after the cursor per response. The re-sent rows come on top and never take the page's room, so a full page
+#: always moves the cursor (a burst of over a page of revocations once held it still for the whole window).
 FEED_PAGE = 5000
+#: At most this many re-sent rows per response, the highest ``seq`` first: a late commit lands just below the
+#: cursor, and the response stays bounded (two pages) however large a burst is.
+FEED_OVERLAP_ROWS = 5000
 
 
 class UserExists(Exception):
@@ -298,18 +303,30 @@ class Store:
     # revocation feed
 
     async def revocations_since(self, since: int | None) -> tuple[list[tuple[str, int]], int, bool]:
-        """Live feed entries newer than ``since`` (plus the last few seconds' again), the next cursor, and
-        whether more remain."""
+        """Live feed entries: up to :data:`FEED_PAGE` after ``since`` in ``seq`` order (keyset paging), preceded
+        by the entries at or below ``since`` revoked in the last :data:`FEED_OVERLAP_MS` (re-sent for commit-order
+        safety, up to :data:`FEED_OVERLAP_ROWS`). Returns them, the next cursor (the page's last ``seq``, so it
+        moves whenever more remain) and whether more remain."""
         now = self.now_ms()
-        query = select(revocations.c.seq, revocations.c.session_id, revocations.c.expires_at).where(
-            revocations.c.expires_at > now
-        )
+        columns = (revocations.c.seq, revocations.c.session_id, revocations.c.expires_at)
+        live = revocations.c.expires_at > now
+        page = select(*columns).where(live)
         if since is not None:
-            query = query.where(or_(revocations.c.seq > since, revocations.c.revoked_at >= now - FEED_OVERLAP_MS))
-        query = query.order_by(revocations.c.seq).limit(FEED_PAGE + 1)
+            page = page.where(revocations.c.seq > since)
+        page = page.order_by(revocations.c.seq).limit(FEED_PAGE + 1)
         async with self._engine.connect() as conn:
-            rows = list(await conn.execute(query))
+            rows = list(await conn.execute(page))
+            again = []
+            if since is not None:
+                recent = (
+                    select(*columns)
+                    .where(live, revocations.c.seq <= since, revocations.c.revoked_at >= now - FEED_OVERLAP_MS)
+                    .order_by(revocations.c.seq.desc())
+                    .limit(FEED_OVERLAP_ROWS)
+                )
+                again = list(await conn.execute(recent))
         more = len(rows) > FEED_PAGE
         rows = rows[:FEED_PAGE]
-        cursor = max([since or 0, *(row.seq for row in rows)])
-        return [(row.session_id, row.expires_at // 1000) for row in rows], cursor, more
+        cursor = rows[-1].seq if rows else since or 0
+        entries = [(row.session_id, row.expires_at // 1000) for row in (*reversed(again), *rows)]
+        return entries, cursor, more

@@ -1,7 +1,8 @@
 """Revocation feeds (issue 9, "Revocation"; issue 6, "the old JWT no longer works at the gateway").
 
-:class:`FeedServer` plays the identity service's feed contract (identity/store.py ``revocations_since``: entries
-after the cursor plus the last 10 s again, pages with ``more``, entries dropped at ``exp``) behind
+:class:`FeedServer` plays the identity service's feed contract (identity/store.py ``revocations_since``: a page of
+entries after the cursor, plus the last 10 s at or below it again without taking the page's room, ``more`` when
+another page follows, entries dropped at ``exp``) behind
 ``httpx.MockTransport``, on the test's clock. The last tests run the real identity app in-process as the feed
 and JWKS of the real gateway app.
 """
@@ -89,14 +90,13 @@ class FeedServer:
         if self.body is not None:
             return httpx.Response(self.status, content=self.body, headers=self.headers)
         now = self.clock()
-        rows = [
-            r
-            for r in self.rows
-            if r.exp > now and (since is None or r.seq > int(since) or r.revoked_at >= now - self.overlap)
-        ][: self.page_size + 1]
-        more = len(rows) > self.page_size
-        rows = rows[: self.page_size]
-        cursor = max([int(since or 0), *(r.seq for r in rows)])
+        live = [r for r in self.rows if r.exp > now]
+        page = [r for r in live if since is None or r.seq > int(since)][: self.page_size + 1]
+        again = [r for r in live if since is not None and r.seq <= int(since) and r.revoked_at >= now - self.overlap]
+        more = len(page) > self.page_size
+        page = page[: self.page_size]
+        cursor = page[-1].seq if page else int(since or 0)
+        rows = again + page
         document: dict[str, Any] = {"revoked": [{"sid": r.sid, "exp": r.exp} for r in rows], "cursor": str(cursor)}
         if more:
             document["more"] = True
@@ -157,7 +157,7 @@ async def test_more_pages_are_fetched_in_the_same_poll(server, clock):
     server.page_size = 2
     for index in range(5):
         server.revoke(f"s{index}")
-    clock.advance(11)  # out of the overlap window, which would re-send the first page (see the next test)
+    clock.advance(11)  # out of the overlap window, so each page holds only its own entries
     polls: Polls = []
     feed = feed_for(server, clock, polls)
     await feed.start(background=False)
@@ -178,23 +178,33 @@ async def test_a_long_backlog_continues_without_waiting(server, clock):
     assert feed.size(ISSUER) == MAX_PAGES_PER_POLL + 3 and feed.ready()
 
 
-async def test_more_without_an_advancing_cursor_ends_the_poll(server, clock):
-    """The feed re-sends the last 10 s first; when those alone fill a page (a burst of revocations) the cursor
-    cannot move. The poll stops instead of spinning, keeps what it got, is not counted as caught up, and the next
-    polls get through once the burst has left the overlap window."""
+async def test_a_burst_inside_the_overlap_window_is_read_in_one_poll(server, clock):
+    """A page's worth of revocations inside the re-send window (a burst) must not hold the cursor: the re-sent
+    entries come on top of the page, so a sign-out behind the burst is enforced on the next poll."""
     server.page_size = 2
     feed = feed_for(server, clock)
     await feed.start(background=False)
-    for index in range(3):
+    for index in range(5):
         server.revoke(f"s{index}")
+    server.revoke("victim")
     clock.advance(1)
     assert await feed.poll(ISSUER) is False
-    assert server.since == [None, "0", "2"]  # the first page moved the cursor to 2, the second re-sent s0, s1
-    assert revoked(feed, "s0", "s1", "s2") == [True, True, False]
-    assert feed.age(ISSUER) == 1  # last caught up at start
-    clock.advance(10)
-    await feed.poll(ISSUER)
-    assert revoked(feed, "s2") == [True] and feed.age(ISSUER) == 0
+    assert server.since == [None, "0", "2", "4"]
+    assert revoked(feed, "s0", "s4", "victim") == [True, True, True]
+    assert feed.age(ISSUER) == 0
+
+
+async def test_more_without_an_advancing_cursor_ends_the_poll(server, clock):
+    """A feed that answers ``more`` without moving its cursor (identity did, before its keyset paging, when
+    re-sent entries filled a page) would make the poll spin: it stops instead, keeps what it got, and is not
+    counted as caught up."""
+    server.body = json.dumps({"revoked": [{"sid": "s0", "exp": int(NOW) + 900}], "cursor": "2", "more": True}).encode()
+    feed = feed_for(server, clock)
+    clock.advance(1)
+    assert await feed.poll(ISSUER) is False
+    assert server.since == [None, "2"]  # the first page set the cursor, the second did not move it
+    assert revoked(feed, "s0") == [True]
+    assert feed.age(ISSUER) is None and not feed.ready()
 
 
 async def test_resent_entries_change_nothing(server, clock):

@@ -6,9 +6,17 @@ import base64
 import json
 
 import pytest
+from sqlalchemy import insert
 
+from gateway.config import IssuerConfig
+from gateway.revocation import RevocationFeed
+from gateway.tokens import Claims
+from identity import store as store_module
 from identity.__main__ import _revoke_user
 from identity.keyring import RETIRE_MARGIN
+from identity.models import revocations
+from identity.store import Session
+from tests.identity.conftest import BASE_URL
 from tests.identity.test_sessions import cookie_header
 
 pytestmark = pytest.mark.anyio
@@ -123,3 +131,105 @@ async def test_invalid_cursor(h, since):
     response = await h.client.get(FEED, params={"since": since})
     assert response.status_code == 400
     assert response.json() == {"message": "Invalid cursor", "code": "INVALID_CURSOR"}
+
+
+# --- paging: a burst of revocations never holds the cursor back (security review: revocation feed stall) ---------
+
+
+def ended(h, name: str) -> Session:
+    """A session (not necessarily in the database) to hand to ``Store.end_sessions``: it lands in the feed."""
+    now_ms = int(h.clock() * 1000)
+    return Session(name, "u", now_ms + 7 * 24 * 3600 * 1000, now_ms, now_ms, "", "", True)
+
+
+async def insert_at(h, seq: int, sid: str) -> None:
+    """A feed row with a chosen ``seq``: how a transaction that took its seq earlier but committed later looks."""
+    now_ms = int(h.clock() * 1000)
+    async with h.app.state.identity.store._engine.begin() as conn:
+        await conn.execute(
+            insert(revocations).values(seq=seq, session_id=sid, revoked_at=now_ms, expires_at=now_ms + 960_000)
+        )
+
+
+@pytest.mark.parametrize(
+    ("page", "burst"),
+    [
+        pytest.param(None, store_module.FEED_PAGE + 1, id="5001 at the real page size (the review's repro)"),
+        pytest.param(10, 11, id="one page and one"),
+        pytest.param(10, 25, id="two pages and five"),
+        pytest.param(10, 95, id="nine pages and five"),
+    ],
+)
+async def test_a_burst_inside_the_overlap_window_does_not_stall_the_gateway(h, monkeypatch, page, burst):
+    """Revocations inside the 10 s re-send window used to fill whole pages by themselves, so the cursor stopped
+    and the gateway ended each poll without reaching a sign-out behind them (enforced only ~10 s later). The
+    real feed and the gateway's RevocationFeed, in-process: the victim is refused on the very next poll."""
+    if page is not None:
+        monkeypatch.setattr(store_module, "FEED_PAGE", page)
+    store = h.app.state.identity.store
+    issuer = IssuerConfig(
+        issuer=BASE_URL, audiences=(BASE_URL,), jwks_url=f"{BASE_URL}/jwks", revocation_url=f"{BASE_URL}{FEED}"
+    )
+    monotonic = {"now": 1000.0}
+    gateway_feed = RevocationFeed([issuer], h.client, clock=h.clock, monotonic=lambda: monotonic["now"])
+    await gateway_feed.poll(BASE_URL)
+    await store.end_sessions([ended(h, f"burst-{index}") for index in range(burst)])
+    await store.end_sessions([ended(h, "victim")])
+    victim = Claims(sub="v", iss=BASE_URL, exp=int(h.clock()) + 900, email=None, sid="victim", raw={})
+    h.clock.advance(1)
+    monotonic["now"] += 1
+    assert await gateway_feed.poll(BASE_URL) is False  # caught up in one poll
+    assert gateway_feed.is_revoked(victim)
+    assert gateway_feed.size(BASE_URL) == burst + 1
+    assert gateway_feed.age(BASE_URL) == 0
+
+
+async def test_a_full_page_always_moves_the_cursor(h, monkeypatch):
+    monkeypatch.setattr(store_module, "FEED_PAGE", 3)
+    store = h.app.state.identity.store
+    await store.end_sessions([ended(h, f"s{index}") for index in range(7)])
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        body = await feed(h, cursor)
+        pages += 1
+        new = [e["sid"] for e in body["revoked"] if e["sid"] not in seen]
+        seen.extend(new)
+        if cursor is not None:
+            assert int(body["cursor"]) > int(cursor) or not body.get("more")
+        cursor = body["cursor"]
+        if not body.get("more"):
+            break
+    assert pages == 3
+    assert seen == [f"s{index}" for index in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("advance", "resent"),
+    [
+        pytest.param(0, True, id="committed late, inside the window: re-sent below the cursor"),
+        pytest.param(9, True, id="9 s later: still re-sent"),
+        pytest.param(11, False, id="past the window: not re-sent"),
+    ],
+)
+async def test_entries_below_the_cursor_are_resent_for_the_overlap_window(h, monkeypatch, advance, resent):
+    """PostgreSQL may commit a lower seq after a higher one: the feed keeps re-sending the last 10 s below the
+    cursor (without letting them take the page's room), so a poll between the two commits misses nothing."""
+    monkeypatch.setattr(store_module, "FEED_PAGE", 2)
+    await insert_at(h, 1, "first")
+    await insert_at(h, 10, "later-seq")
+    cursor = (await feed(h))["cursor"]
+    assert cursor == "10"
+    await insert_at(h, 5, "late-commit")  # took seq 5 before "later-seq" committed, committed after the poll
+    await insert_at(h, 11, "new-1")
+    await insert_at(h, 12, "new-2")
+    await insert_at(h, 13, "new-3")
+    h.clock.advance(advance)
+    body = await feed(h, cursor)
+    sids = [e["sid"] for e in body["revoked"]]
+    assert sids[-2:] == ["new-1", "new-2"]  # the page: two newer entries, the re-sent ones do not count
+    assert body["cursor"] == "12" and body["more"] is True
+    assert ("late-commit" in sids) is resent
+    body = await feed(h, body["cursor"])
+    assert [e["sid"] for e in body["revoked"]][-1:] == ["new-3"] and "more" not in body
