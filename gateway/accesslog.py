@@ -10,9 +10,10 @@ hold a token or an ``Authorization`` value, so none can be logged by mistake.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
+import time
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses for str (ensure_ascii)
 from typing import Literal
 
 logger = logging.getLogger("gateway.access")
@@ -37,23 +38,50 @@ class AccessRecord:
 
 
 def format_line(record: AccessRecord, latency_ms: float, now: datetime.datetime | None = None) -> str:
-    fields: dict[str, object] = {
-        "ts": (now or datetime.datetime.now(datetime.UTC)).isoformat(timespec="milliseconds"),
-        "request_id": record.request_id,
-        "method": record.method[:32],  # any token is a method to h11: bound what a client writes into the log
-        "route": record.route,
-        "status": record.status,
-        "latency_ms": round(latency_ms, 3),
-        "user": record.user,
-        "auth": record.auth,
-    }
+    """The JSON line, exactly as ``json.dumps(fields, separators=(",", ":"))`` would write it (test_accesslog.py
+    holds it to that), assembled from pre-quoted parts: it is written for every request (issue 7)."""
+    line = [
+        '{"ts":"',
+        _now() if now is None else now.isoformat(timespec="milliseconds"),
+        '","request_id":',
+        _quote(record.request_id),
+        ',"method":',
+        _quote(record.method[:32]),  # any token is a method to h11: bound what a client writes into the log
+        ',"route":',
+        _quote(record.route),
+        ',"status":',
+        str(record.status),
+        ',"latency_ms":',
+        repr(round(latency_ms, 3)),
+        ',"user":',
+        "null" if record.user is None else _quote(record.user),
+        ',"auth":',
+        _quote(record.auth),
+    ]
     if record.reason is not None:
-        fields["reason"] = record.reason
+        line += ',"reason":', _quote(record.reason)
     if record.error is not None:
-        fields["error"] = record.error
-    return json.dumps(fields, separators=(",", ":"))
+        line += ',"error":', _quote(record.error)
+    line.append("}")
+    return "".join(line)
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def _now() -> str:
+    """UTC now as ``datetime.isoformat(timespec="milliseconds")`` writes it; the seconds formatted once a second."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if _second[0] != second:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}+00:00"
 
 
 def emit(record: AccessRecord, latency_ms: float) -> None:
     if logger.isEnabledFor(logging.INFO):
-        logger.info(format_line(record, latency_ms))
+        # A record made directly and handed to the logger's handlers: Logger.info would also walk the stack to find
+        # its caller, which no access line shows. Handlers, filters and levels configured for the logger still apply.
+        line = format_line(record, latency_ms)
+        logger.handle(logging.LogRecord(logger.name, logging.INFO, __file__, 0, line, None, None))
