@@ -16,7 +16,7 @@ from gateway.config import RouteConfig
 from gateway.errors import Forbidden, InvalidRequest, InvalidToken, ServiceUnavailable
 from gateway.jwks import JwksCache
 from gateway.routing import RouteMatch
-from gateway.tokens import Claims, TokenVerifier, authorize, extract_bearer
+from gateway.tokens import Claims, TokenVerifier, _header_safe, authorize, extract_bearer
 from tests.gateway.conftest import (
     AUDIENCE,
     DROP,
@@ -557,3 +557,12 @@ def jwt_encode_exact(key: SigningKey, header: dict[str, Any], payload: dict[str,
     assert isinstance(key.private_key, Ed25519PrivateKey)
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
     return f"{signing_input}.{b64(key.private_key.sign(signing_input.encode()))}"
+
+
+def test_the_ascii_fast_path_of_header_safe_agrees_with_the_unicode_rule() -> None:
+    def reference(value: str) -> bool:
+        return all(ch == " " or (ch.isprintable() and not ch.isspace()) for ch in value)
+
+    for code in [*range(0x300), 0x2028, 0x200B, 0xFEFF, 0x1F600]:
+        value = f"a{chr(code)}b"
+        assert _header_safe(value) == reference(value), hex(code)
