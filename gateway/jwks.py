@@ -398,7 +398,8 @@ class JwksCache:
                     if response.status_code != 200:
                         raise JwksFetchError("error", f"HTTP {response.status_code}")
                     declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > config.jwks_max_bytes:
+                    # isascii: httpx reads byte 0xb2 as "²", for which str.isdigit() is true and int() fails.
+                    if declared.isascii() and declared.isdigit() and int(declared) > config.jwks_max_bytes:
                         raise JwksFetchError("too_large", f"Content-Length {declared} over the cap")
                     chunks: list[bytes] = []
                     size = 0

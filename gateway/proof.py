@@ -112,7 +112,8 @@ def _parse(value: str) -> tuple[int, bytes]:
     if len(parts) != 3 or parts[0] != _VERSION or not parts[1].startswith("t=") or not parts[2].startswith("s="):
         raise ProofError("malformed", "malformed proof header")
     stamp, sig = parts[1][2:], parts[2][2:]
-    if not stamp.isdigit() or len(stamp) > 12:
+    # isascii: the header is read as latin-1, and str.isdigit() is true for "²" (0xb2), which int() refuses.
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise ProofError("malformed", "malformed proof timestamp")
     try:
         mac = base64.b64decode(sig + "=" * (-len(sig) % 4), altchars=b"-_", validate=True)

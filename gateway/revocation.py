@@ -293,7 +293,8 @@ class RevocationFeed:
                     if response.status_code != 200:
                         raise FeedError("error", f"HTTP {response.status_code}")
                     declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > limit:
+                    # isascii: httpx reads byte 0xb2 as "²", for which str.isdigit() is true and int() fails.
+                    if declared.isascii() and declared.isdigit() and int(declared) > limit:
                         raise FeedError("too_large", f"Content-Length {declared} over the cap")
                     chunks: list[bytes] = []
                     size = 0

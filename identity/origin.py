@@ -2,6 +2,13 @@
 
 Trusted origins are the base URL's origin plus ``IDENTITY_TRUSTED_ORIGINS``; matching is exact on the
 origin (scheme, host, port), so a trailing slash or path on the presented value does not matter.
+
+A ``callbackURL`` must also be visible ASCII (no space, control or non-ASCII character), because sign-in copies
+it into the ``Location`` header: non-ASCII cannot be a header value (a 500 after the session was created), and
+CR/LF would split the header (uvicorn drops the connection; ``urlsplit`` strips tabs and newlines, so the origin
+check alone let them through). Such a value is refused like a foreign one (403 ``INVALID_CALLBACK_URL``) rather
+than percent-encoded for the client, so the ``url`` in the body and the ``Location`` are exactly what was sent;
+clients percent-encode, as ``URL.href`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from identity.errors import IdentityError, bad_request, forbidden
 # whole (fullmatch): Python's "$" would also accept a final "\n", which JavaScript's does not.
 _RELATIVE = re.compile(r"/(?!/|\\|%2f|%5c)[\w\-.+/@]*(?:\?[\w\-.+/=&%@]*)?", re.ASCII)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HEADER_SAFE_URL = re.compile(r"[!-~]+")  # visible ASCII: what a Location header carries unchanged
 
 
 def is_trusted(url: str, trusted: tuple[str, ...], *, allow_relative: bool) -> bool:
@@ -75,6 +83,6 @@ def check_callback_url(value: object, trusted: tuple[str, ...]) -> IdentityError
         return None
     if not isinstance(value, str):
         return bad_request("BAD_REQUEST", "Invalid callbackURL: expected a string")
-    if not is_trusted(value, trusted, allow_relative=True):
+    if _HEADER_SAFE_URL.fullmatch(value) is None or not is_trusted(value, trusted, allow_relative=True):
         return forbidden("INVALID_CALLBACK_URL", "Invalid callbackURL")
     return None

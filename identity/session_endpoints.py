@@ -105,7 +105,8 @@ class SessionEndpoints:
         raw = request.query_params.get("since")
         since: int | None = None
         if raw:
-            if not raw.isdigit() or len(raw) > 18:
+            # isascii: str.isdigit() is also true for "²" (int() fails) and "٣" (int() reads 3).
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
                 raise IdentityError(400, "INVALID_CURSOR", "Invalid cursor")
             since = int(raw)
         entries, cursor, more = await self.s.store.revocations_since(since)

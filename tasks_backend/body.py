@@ -44,7 +44,7 @@ async def read_json(request: Request, max_bytes: int) -> object:
         raise UnsupportedMediaType("send the body as application/json (UTF-8)")
     too_large = ContentTooLarge(f"the body must be at most {max_bytes} bytes")
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > max_bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0

@@ -67,7 +67,7 @@ def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         problems.append(f"{name}={raw!r} must be an integer from {low} to {high}")
         return default
     return int(raw)

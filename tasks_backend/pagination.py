@@ -21,7 +21,7 @@ from typing import Literal, cast
 from starlette.datastructures import QueryParams
 
 from tasks_backend.errors import ValidationFailed
-from tasks_backend.models import Task
+from tasks_backend.models import LAST_DUE_DATE, Task
 
 Status = Literal["all", "pending", "completed"]
 SortKey = Literal["created", "title", "due"]
@@ -71,6 +71,12 @@ def encode_cursor(sort: Sort, task: Task) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _storable(text: str) -> bool:
+    """Text a database can compare: JSON's ``"\\ud800"`` decodes to a lone surrogate (no UTF-8 form, a 500 in the
+    driver) and PostgreSQL text cannot hold NUL; :func:`encode_cursor` never writes either."""
+    return "\x00" not in text and not any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 def decode_cursor(sort: Sort, cursor: str) -> Cursor:
     """Raise ValueError (saying what is wrong) unless ``cursor`` is one :func:`encode_cursor` made for ``sort``."""
     not_ours = "is not a cursor this service issued"
@@ -81,6 +87,8 @@ def decode_cursor(sort: Sort, cursor: str) -> Cursor:
         raise ValueError(not_ours) from exc
     if not isinstance(raw, str | None) or not isinstance(task_id, str) or (raw is None and sort.key != "due"):
         raise ValueError(not_ours)
+    if not _storable(task_id) or (raw is not None and not _storable(raw)):
+        raise ValueError(not_ours)
     if sort_name != sort.name:
         raise ValueError(f"was issued for sort={sort_name}, not sort={sort.name}")
     value: CursorValue = raw
@@ -89,9 +97,13 @@ def decode_cursor(sort: Sort, cursor: str) -> Cursor:
             value = dt.datetime.fromisoformat(raw)
             if value.tzinfo is None:
                 raise ValueError("naive")
+            # In UTC, as the database compares it: "0001-01-01T00:00:00+23:59" falls before year 1 (OverflowError).
+            value = value.astimezone(dt.UTC)
         elif sort.key == "due" and raw is not None:
             value = dt.date.fromisoformat(raw)
-    except ValueError as exc:
+            if value > LAST_DUE_DATE:  # never a task's date: undated tasks sort as 9999-12-31 and encode as null
+                raise ValueError("past the last due date")
+    except (ValueError, OverflowError) as exc:
         raise ValueError(not_ours) from exc
     return Cursor(value=value, id=task_id)
 
@@ -119,7 +131,8 @@ def list_query(params: QueryParams, *, default_limit: int, max_limit: int) -> Li
     limit = default_limit
     limit_raw = _single(params, "limit", problems)
     if limit_raw is not None:
-        if limit_raw.isdigit() and 1 <= int(limit_raw) <= max_limit:
+        # isascii: str.isdigit() is also true for "²" (int() fails) and "٣" (int() reads 3).
+        if limit_raw.isascii() and limit_raw.isdigit() and 1 <= int(limit_raw) <= max_limit:
             limit = int(limit_raw)
         else:
             problems["limit"] = f"must be an integer from 1 to {max_limit}"

@@ -33,6 +33,8 @@ def parse_if_match(values: list[str]) -> IfMatch | None:
             if item.strip() == "*":
                 return IfMatch(any_version=True, versions=frozenset())
             match = _TAG.fullmatch(item)
-            if match and not match.group(1) and match.group(2).isdigit() and len(match.group(2)) < 10:
-                versions.add(int(match.group(2)))
+            tag = match.group(2) if match and not match.group(1) else ""
+            # isascii: str.isdigit() is also true for "²" (latin-1 0xb2), which int() refuses.
+            if tag.isascii() and tag.isdigit() and len(tag) < 10:
+                versions.add(int(tag))
     return IfMatch(any_version=False, versions=frozenset(versions))

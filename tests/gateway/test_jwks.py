@@ -244,6 +244,19 @@ async def test_fetch_failures(
     assert not cache.ready()
 
 
+async def test_a_content_length_of_non_ascii_digits_is_not_a_number(
+    jwks_endpoint: JwksEndpoint, clock: FakeClock
+) -> None:
+    """httpx reads a header byte 0xb2 as "²": str.isdigit() is true, int() fails. The header means nothing; the
+    body is counted against the cap as it streams and the fetch succeeds."""
+    jwks_endpoint.serve(ED)
+    jwks_endpoint.headers = {b"content-length": b"\xb2"}  # type: ignore[dict-item]
+    calls: list[tuple[str, str]] = []
+    cache = cache_for(jwks_endpoint, clock, calls)
+    assert await cache.refresh(ISSUER)
+    assert calls == [(ISSUER, "ok")]
+
+
 def jwk(key: SigningKey, **overrides: Any) -> dict[str, Any]:
     return key.public_jwk(**overrides)
 

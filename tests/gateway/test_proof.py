@@ -108,6 +108,23 @@ def _swap(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> list
         pytest.param("GET", "/api/u1/tasks", [(b"x-edge-proof", b"v1;t=-1;s=AAAA")], NOW, "malformed", id="negative t"),
         pytest.param("GET", "/api/u1/tasks", [(b"x-edge-proof", b"garbage")], NOW, "malformed", id="garbage"),
         pytest.param("GET", "/api/u1/tasks", [(b"x-edge-proof", b"v1;t=1;s=!!")], NOW, "malformed", id="bad base64"),
+        # Headers are read as latin-1: 0xb2 is "²", for which str.isdigit() is true and int() fails (was a 500).
+        pytest.param(
+            "GET",
+            "/api/u1/tasks",
+            [(b"x-edge-proof", b"v1;t=\xb2;s=" + b"A" * 43)],
+            NOW,
+            "malformed",
+            id="t=superscript two",
+        ),
+        pytest.param(
+            "GET",
+            "/api/u1/tasks",
+            [(b"x-edge-proof", b"v1;t=\xb9\xb2\xb3;s=" + b"A" * 43)],
+            NOW,
+            "malformed",
+            id="t=superscript one two three",
+        ),
     ],
 )
 def test_refused(method: str, target: str, headers: list[tuple[bytes, bytes]], now: int, reason: str) -> None:

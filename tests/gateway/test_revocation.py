@@ -318,6 +318,17 @@ FAILURES = [
 ]
 
 
+async def test_a_content_length_of_non_ascii_digits_is_not_a_number(server, clock):
+    """httpx reads a header byte 0xb2 as "²": str.isdigit() is true, int() fails (the poll failed). The header
+    means nothing; the body is counted against the cap as it streams."""
+    server.headers = {b"content-length": b"\xb2"}  # type: ignore[dict-item]
+    server.revoke("a")
+    polls: Polls = []
+    feed = feed_for(server, clock, polls)
+    await feed.poll(ISSUER)
+    assert polls == [(ISSUER, "ok", 1)] and revoked(feed, "a") == [True]
+
+
 @pytest.mark.parametrize(("misbehave", "outcome"), FAILURES)
 async def test_feed_down_keeps_the_last_known_list(server, clock, misbehave, outcome):
     server.revoke("a")

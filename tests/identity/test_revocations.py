@@ -126,7 +126,18 @@ def _config_with_url(h, service):
     return dataclasses.replace(h.config, database_url=url)
 
 
-@pytest.mark.parametrize("since", ["abc", "-1", "1" * 30, "1.5"])
+@pytest.mark.parametrize(
+    "since",
+    [
+        "abc",
+        "-1",
+        "1" * 30,
+        "1.5",
+        pytest.param("\u00b2", id="superscript two: isdigit, not int"),
+        pytest.param("\u0663", id="arabic-indic three: isdigit and int, not a cursor"),
+        pytest.param("\uff11", id="fullwidth one"),
+    ],
+)
 async def test_invalid_cursor(h, since):
     response = await h.client.get(FEED, params={"since": since})
     assert response.status_code == 400

@@ -88,6 +88,41 @@ async def test_sign_in_shapes_and_callback(h):
     assert response.headers["location"] == "/dash"
 
 
+@pytest.mark.parametrize(
+    "callback",
+    [
+        pytest.param("http://127.0.0.1:8000/\u7528", id="non-ASCII path (not latin-1)"),
+        pytest.param("http://127.0.0.1:8000/caf\u00e9", id="non-ASCII path (latin-1)"),
+        pytest.param("http://127.0.0.1:8000/x\r\nSet-Cookie: evil=1", id="CRLF header injection"),
+        pytest.param("http://127.0.0.1:8000/x\n", id="trailing newline"),
+        pytest.param("http://127.0.0.1:8000/a\tb", id="tab (urlsplit strips it)"),
+        pytest.param("http://127.0.0.1:8000/a b", id="space"),
+        pytest.param("http://127.0.0.1:8000/\x00", id="NUL"),
+        pytest.param("http://127.0.0.1:8000/\x7f", id="DEL"),
+        pytest.param("http://127.0.0.1:8000/\x85", id="C1 control"),
+        pytest.param("/dash\n", id="relative, trailing newline"),
+        pytest.param("/dash\r\nX: y", id="relative, CRLF"),
+    ],
+)
+async def test_callback_url_that_no_location_header_can_carry(h, callback):
+    """The callbackURL becomes the Location header. Non-ASCII (a 500: headers are latin-1) or a control (CR/LF:
+    uvicorn drops the connection; urlsplit strips tabs and newlines, so the origin check passed) is refused as an
+    untrusted callbackURL before any session exists. Clients percent-encode, as URL.href does."""
+    await h.sign_up()
+    body = {"email": "alice@example.com", "password": "correct horse", "callbackURL": callback}
+    response = await h.client.post("/api/auth/sign-in/email", json=body)
+    assert response.status_code == 403
+    assert response.json() == {"message": "Invalid callbackURL", "code": "INVALID_CALLBACK_URL"}
+    assert "set-cookie" not in response.headers and "location" not in response.headers
+    async with h.app.state.identity.store._engine.connect() as conn:
+        assert len((await conn.execute(select(sessions_table))).all()) == 1  # the sign-up's only
+    percent_encoded = await h.client.post(
+        "/api/auth/sign-in/email", json={**body, "callbackURL": "http://127.0.0.1:8000/%E7%94%A8?q=%0D%0A"}
+    )
+    assert percent_encoded.status_code == 200
+    assert percent_encoded.headers["location"] == "http://127.0.0.1:8000/%E7%94%A8?q=%0D%0A"
+
+
 async def test_form_bodies(h):
     form = {"name": "Form", "email": "form@example.com", "password": "form password", "rememberMe": "false"}
     response = await h.client.post("/api/auth/sign-up/email", data=form)

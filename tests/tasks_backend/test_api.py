@@ -227,6 +227,13 @@ async def test_oversized_body_is_refused_by_content_length_before_reading(client
     assert await row_count(engine) == 0
 
 
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9\xb2"], ids=["superscript two", "superscript one two"])
+async def test_a_content_length_of_non_ascii_digits_is_not_a_number(client, length):
+    """str.isdigit() is true for the latin-1 superscripts, int() is not: the body is counted as it streams."""
+    response = await client.post(TASKS, content=b'{"title": "t"}', headers={**JSON, "content-length": length})
+    assert response.status_code == 201, response.text
+
+
 async def test_oversized_streamed_body_is_refused_while_streaming(client, engine):
     sent: list[int] = []
 
@@ -397,6 +404,8 @@ WRITES = [
         pytest.param('W/"2"', False, id="weak tag never matches"),
         pytest.param("2", False, id="unquoted"),
         pytest.param('"abc"', False, id="not one of ours"),
+        pytest.param(b'"\xb2"', False, id="latin-1 superscript two (str.isdigit, not int)"),
+        pytest.param(b'"\xb9", "2"', True, id="superscript one, then the current version"),
     ],
 )
 async def test_if_match(client, method, suffix, body, if_match, applies):

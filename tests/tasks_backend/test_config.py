@@ -50,6 +50,8 @@ def test_the_secret_never_appears_in_repr():
         pytest.param({"TASKS_MAX_BODY_BYTES": "64k"}, "TASKS_MAX_BODY_BYTES", id="body size with a unit"),
         pytest.param({"TASKS_MAX_PAGE_SIZE": "-5"}, "TASKS_MAX_PAGE_SIZE", id="negative page size"),
         pytest.param({"TASKS_MAX_PAGE_SIZE": "1001"}, "TASKS_MAX_PAGE_SIZE", id="page size too large"),
+        pytest.param({"TASKS_MAX_PAGE_SIZE": "\u00b2"}, "TASKS_MAX_PAGE_SIZE", id="superscript two (isdigit, not int)"),
+        pytest.param({"TASKS_PROOF_MAX_AGE": "\u0663\u0660"}, "TASKS_PROOF_MAX_AGE", id="arabic-indic digits"),
     ],
 )
 def test_problems(environ, problem):

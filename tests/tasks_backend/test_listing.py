@@ -8,6 +8,7 @@ import pytest
 from tasks_backend.app import create_app
 from tasks_backend.config import load_config
 from tests.tasks_backend.proofs import SECRET, GatewayClient
+from tests.tasks_backend.test_parsing import forged
 
 pytestmark = pytest.mark.anyio
 
@@ -202,6 +203,25 @@ async def cursor_for(client: GatewayClient, sort: str) -> str:
         pytest.param({"limit": "-1"}, {"limit"}, id="negative limit"),
         pytest.param({"limit": "ten"}, {"limit"}, id="limit not a number"),
         pytest.param({"limit": "100"}, set(), id="limit at the maximum"),
+        # str.isdigit() is true for all three; int() fails on the first and reads the others as 3 and 2.
+        pytest.param({"limit": "\u00b2"}, {"limit"}, id="limit superscript two"),
+        pytest.param({"limit": "\u0663"}, {"limit"}, id="limit arabic-indic three"),
+        pytest.param({"limit": "\uff12"}, {"limit"}, id="limit fullwidth two"),
+        pytest.param({"sort": "title", "cursor": forged(s="title", v="\ud800", i="x")}, {"cursor"}, id="surrogate"),
+        pytest.param({"sort": "title", "cursor": forged(s="title", v="a\x00", i="x")}, {"cursor"}, id="NUL in title"),
+        pytest.param(
+            {"cursor": forged(s="created", v="2025-01-01T00:00:00Z", i="\udfff")}, {"cursor"}, id="id surrogate"
+        ),
+        pytest.param({"cursor": forged(s="created", v="2025-01-01T00:00:00Z", i="x\x00")}, {"cursor"}, id="NUL in id"),
+        pytest.param(
+            {"cursor": forged(s="created", v="0001-01-01T00:00:00+23:59", i="x")}, {"cursor"}, id="time before year 1"
+        ),
+        pytest.param(
+            {"cursor": forged(s="created", v="9999-12-31T23:59:59-23:59", i="x")}, {"cursor"}, id="time after 9999"
+        ),
+        pytest.param(
+            {"sort": "due", "cursor": forged(s="due", v="9999-12-31", i="x")}, {"cursor"}, id="due 9999-12-31"
+        ),
         pytest.param({"cursor": "not-a-cursor"}, {"cursor"}, id="garbage cursor"),
         pytest.param({"cursor": "eyJzIjoiY3JlYXRlZCJ9"}, {"cursor"}, id="cursor missing fields"),
         pytest.param({"cursor": "W10"}, {"cursor"}, id="cursor of a JSON list"),

@@ -27,6 +27,10 @@ from tasks_backend.preconditions import IfMatch, parse_if_match
         pytest.param(['"-3"'], IfMatch(False, frozenset()), id="negative"),
         pytest.param(['"99999999999999999999"'], IfMatch(False, frozenset()), id="absurdly large"),
         pytest.param([""], IfMatch(False, frozenset()), id="empty: present, matches nothing"),
+        # str.isdigit() is true for these, int() fails on the first and reads the others as 2 and 3: not our tags.
+        pytest.param(['"\u00b2"'], IfMatch(False, frozenset()), id="superscript two (latin-1 byte 0xb2)"),
+        pytest.param(['"\u0663"'], IfMatch(False, frozenset()), id="arabic-indic three"),
+        pytest.param(['"\uff12"'], IfMatch(False, frozenset()), id="fullwidth two"),
     ],
 )
 def test_parse_if_match(values, expected):
@@ -80,6 +84,19 @@ def forged(**data: object) -> str:
         pytest.param(Sort("due", False), forged(s="due", v="2025-01-01", i=7), id="number id"),
         pytest.param(Sort("due", False), forged(s="due", v="2025-01-01"), id="no id"),
         pytest.param(Sort("due", True), forged(s="due", v="2025-01-01", i="x"), id="another direction"),
+        pytest.param(Sort("title", False), forged(s="title", v="\ud800", i="x"), id="title lone surrogate"),
+        pytest.param(Sort("title", False), forged(s="title", v="a\x00", i="x"), id="title NUL"),
+        pytest.param(
+            Sort("created", False), forged(s="created", v="2025-01-01T00:00:00+00:00", i="\udfff"), id="id surrogate"
+        ),
+        pytest.param(Sort("created", False), forged(s="created", v="2025-01-01T00:00:00Z", i="x\x00"), id="id NUL"),
+        pytest.param(
+            Sort("created", False), forged(s="created", v="0001-01-01T00:00:00+23:59", i="x"), id="before year 1 in UTC"
+        ),
+        pytest.param(
+            Sort("created", False), forged(s="created", v="9999-12-31T23:59:59-23:59", i="x"), id="after 9999 in UTC"
+        ),
+        pytest.param(Sort("due", False), forged(s="due", v="9999-12-31", i="x"), id="due past the last due date"),
     ],
 )
 def test_foreign_cursors_are_refused(sort, cursor):

@@ -101,6 +101,11 @@ PROOF_FAILURES: list[object] = [
         "malformed",
         id="unknown proof version",
     ),
+    pytest.param(  # read as latin-1, t=0xb2 is "²": str.isdigit() is true, int() fails (was a 500)
+        lambda r, now: [(proof.PROOF_HEADER.encode(), b"v1;t=\xb2;s=" + b"A" * 43)],
+        "malformed",
+        id="proof timestamp a superscript digit",
+    ),
 ]
 
 REQUESTS = [
