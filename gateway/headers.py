@@ -59,9 +59,11 @@ HOP_BY_HOP = frozenset(
 _OWNED = frozenset(name.encode() for name in proof.OWNED_HEADERS)
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 #: Never forwarded from a client. ``Expect`` is answered by the gateway's own server (100-continue) and means
-#: nothing to the upstream client; ``Forwarded``/``X-Real-IP`` would be a second, unchecked client-address
-#: source next to the ``X-Forwarded-For`` the gateway sets; the overrides re-route or re-method a request
-#: after the access decision (Symfony/IIS ``X-Original-URL``, Rails/Express ``X-HTTP-Method-Override``).
+#: nothing to the upstream client; ``Forwarded``/``X-Real-IP``/``X-Client-IP``/``True-Client-IP``/
+#: ``X-Original-Forwarded-For`` would be a second, unchecked client-address source next to the ``X-Forwarded-For``
+#: the gateway sets; the overrides re-route or re-method a request after the access decision (Symfony/IIS
+#: ``X-Original-URL``/``X-Rewrite-URL``, ``X-Override-URL``, ``X-Original-Method``, Rails/Express
+#: ``X-HTTP-Method-Override``).
 _ALWAYS_DROPPED = (
     HOP_BY_HOP
     | _OWNED
@@ -72,9 +74,14 @@ _ALWAYS_DROPPED = (
         b"expect",
         b"forwarded",
         b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"x-original-forwarded-for",
         b"x-original-url",
         b"x-original-uri",
         b"x-rewrite-url",
+        b"x-override-url",
+        b"x-original-method",
         b"x-http-method-override",
         b"x-http-method",
         b"x-method-override",

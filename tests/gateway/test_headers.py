@@ -109,12 +109,21 @@ STRIPPED = [
     pytest.param([(b"host", b"evil.example")], ["host"], id="Host (the upstream client sets the upstream's)"),
     pytest.param([(b"forwarded", b"for=1.2.3.4")], ["forwarded"], id="Forwarded"),
     pytest.param([(b"x-real-ip", b"1.2.3.4")], ["x-real-ip"], id="X-Real-IP"),
-    pytest.param([(b"x_real_ip", b"1.2.3.4")], ["x-real-ip"], id="X_Real_IP underscores"),
+    pytest.param([(b"x_real_ip", b"1.2.3.4")], ["x-real-ip", "x_real_ip"], id="X_Real_IP underscores"),
     pytest.param([(b"x-forwarded-port", b"443")], ["x-forwarded-port"], id="X-Forwarded-Port from untrusted"),
     pytest.param([(b"x-forwarded-prefix", b"/admin")], ["x-forwarded-prefix"], id="X-Forwarded-Prefix untrusted"),
     pytest.param([(b"x-original-url", b"/admin")], ["x-original-url"], id="X-Original-URL"),
     pytest.param([(b"x-rewrite-url", b"/admin")], ["x-rewrite-url"], id="X-Rewrite-URL"),
     pytest.param([(b"x-http-method-override", b"DELETE")], ["x-http-method-override"], id="X-HTTP-Method-Override"),
+    # More client-address sources next to the X-Forwarded-For the gateway sets (Akamai/Cloudflare, nginx ingress).
+    pytest.param([(b"x-client-ip", b"1.2.3.4")], ["x-client-ip"], id="X-Client-IP"),
+    pytest.param([(b"true-client-ip", b"1.2.3.4")], ["true-client-ip"], id="True-Client-IP"),
+    pytest.param([(b"X_Client_IP", b"1.2.3.4")], ["x-client-ip", "x_client_ip"], id="X_Client_IP underscores"),
+    pytest.param([(b"x-original-forwarded-for", b"1.2.3.4")], ["x-original-forwarded-for"], id="X-Original-Fwd-For"),
+    # More re-route / re-method overrides honoured after the access decision (IIS, Symfony, Laravel, Spring).
+    pytest.param([(b"x-original-method", b"DELETE")], ["x-original-method"], id="X-Original-Method"),
+    pytest.param([(b"x-override-url", b"/admin")], ["x-override-url"], id="X-Override-URL"),
+    pytest.param([(b"X-Original-URL", b"/admin")], ["x-original-url"], id="X-Original-URL mixed case"),
     pytest.param(
         [(b"connection", b"close, X-Custom, x_other"), (b"x-custom", b"1"), (b"X-Other", b"2"), (b"x-kept", b"3")],
         ["x-custom", "x-other"],
