@@ -34,7 +34,7 @@ from gateway.tokens import TokenVerifier
 from tests.gateway._fwd_fixtures import UpstreamRecorder, call_asgi, gateway_config, running_gateway
 from tests.gateway.conftest import AUDIENCE, ISSUER, SUBJECT, JwksEndpoint, SigningKey, make_key, mint
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NEVER = range(500, 600)
 
 

@@ -28,7 +28,7 @@ from tests.conftest import POSTGRES_ENV, _admin
 from tests.identity.conftest import BASE_URL, PEER, fast_hasher, make_config
 
 PASSWORD = "correct horse"
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 #: Statuses the reference documents for these endpoints (2.1, 2.4); 429 is off here (IDENTITY_RATE_LIMIT=off).
 DOCUMENTED = {200, 400, 401, 403, 404, 405, 413, 415, 422}

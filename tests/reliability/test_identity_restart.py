@@ -15,6 +15,8 @@ from tests.reliability.conftest import RealStack
 
 pytestmark = pytest.mark.integration
 
+OUTAGE = 1.5  # seconds identity stays down
+
 
 def test_identity_restarted_under_load(real_stack: RealStack) -> None:
     stack = real_stack.stack
@@ -46,7 +48,7 @@ def test_identity_restarted_under_load(real_stack: RealStack) -> None:
                     assert time.monotonic() - started < 1.0
                 assert other.get("/api/auth/jwks").status_code == 502
                 assert other.get("/readyz").status_code == 200  # the gateway's keys are still good
-            time.sleep(max(0.0, down_at + 2.0 - time.monotonic()))
+            time.sleep(max(0.0, down_at + OUTAGE - time.monotonic()))
 
             stack.start_service("identity")
             stack.wait_ready("identity")
@@ -65,6 +67,6 @@ def test_identity_restarted_under_load(real_stack: RealStack) -> None:
     # Users holding tokens never noticed: every request of the load succeeded, before, during and after.
     outcomes = {sample.status for sample in samples}
     assert outcomes <= {200, 201}, [s for s in samples if s.status not in (200, 201)][:5]
-    during = [s for s in samples if down_at <= s.started <= down_at + 2.0]
-    assert len(during) >= 20, len(during)
+    during = [s for s in samples if down_at <= s.started <= down_at + OUTAGE]
+    assert len(during) >= 15, len(during)
     assert wait_until(lambda: httpx.get(f"{real_stack.url}/readyz", timeout=2, trust_env=False).status_code == 200, 5)

@@ -277,5 +277,5 @@ def test_a_stalled_upload_is_408_after_the_route_timeout(edge: Edge) -> None:
 )
 def test_a_trickled_upload_is_cut_off(edge: Edge) -> None:
     edge.flaky.mode = "ok"
-    answer, _ = _send_body_slowly(edge, b"/flaky/trickled", pieces=1000, every=0.25, limit=UPSTREAM_TIMEOUT + 1.5)
+    answer, _ = _send_body_slowly(edge, b"/flaky/trickled", pieces=1000, every=0.25, limit=UPSTREAM_TIMEOUT + 0.75)
     assert answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 504 ")), answer[:100]

@@ -77,7 +77,7 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(backend_url: st
         for load in loads:
             load.start()
         try:
-            time.sleep(1.0)
+            time.sleep(0.6)
             victim = min(first)
             assert _served_by(gateway.metrics_dir, victim) > 0  # both workers were taking requests
             os.kill(victim, signal.SIGKILL)
