@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,10 +122,6 @@ def connections(pid: int, *, to_port: int | None = None, from_port: int | None =
         ):
             found.append(sock.state)
     return found
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def children(pid: int) -> list[int]:
@@ -398,10 +394,6 @@ class PrivatePostgres:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self.stop("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def statuses(results: Iterable[tuple[float, int | str]]) -> collections.Counter[int | str]:
-    return collections.Counter(status for _, status in results)
 
 
 # --- an upstream that can be broken -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ it is healthy again succeeds, including a POST, which is never retried."""
 from __future__ import annotations
 
 import concurrent.futures
-import threading
+import socket
 import time
 
 import httpx
@@ -125,8 +125,6 @@ def _baseline(edge: Edge, port: int) -> int:
 
 
 def test_a_client_leaving_mid_download_cancels_the_upstream_request(edge: Edge) -> None:
-    import socket
-
     endless = edge.endless
     before = _baseline(edge, endless.port)
     for _ in range(5):
@@ -142,8 +140,6 @@ def test_a_client_leaving_mid_download_cancels_the_upstream_request(edge: Edge) 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_client_leaving_mid_upload_cancels_the_upstream_request(edge: Edge, chunked: bool) -> None:
-    import socket
-
     sink = edge.sink
     incomplete = len(sink.incomplete)
     complete = len(sink.complete)
@@ -167,17 +163,13 @@ def test_a_client_leaving_mid_upload_cancels_the_upstream_request(edge: Edge, ch
 
 def test_a_client_giving_up_on_a_hanging_upstream_frees_the_upstream_connection(edge: Edge) -> None:
     stuck = edge.stuck
-    gave_up = threading.Event()
+    accepted = stuck.accepted
     with (
         httpx.Client(base_url=edge.gateway.url, timeout=0.3, trust_env=False) as impatient,
         pytest.raises(httpx.ReadTimeout),
     ):
-        try:
-            impatient.get("/stuck/x")
-        finally:
-            gave_up.set()
+        impatient.get("/stuck/x")
+    assert stuck.accepted == accepted + 1  # the request did reach the upstream, which is holding it
     # The route would wait 30 s; the gateway must drop its upstream request as soon as the client is gone.
-    started = time.monotonic()
     assert wait_until(lambda: stuck.open == 0, 3), stuck.open
-    assert time.monotonic() - started < 3
     assert wait_until(lambda: _baseline(edge, stuck.port) == 0, 3)
