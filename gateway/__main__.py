@@ -21,7 +21,9 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
+
+from gateway.coalescing import CoalescingTransport
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -173,7 +175,7 @@ else:
     HTTP_PROTOCOL = "gateway.__main__:OriginFormHttpToolsProtocol"
 
     class OriginFormHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol with three changes an edge server needs.
+        """uvicorn's httptools protocol with four changes an edge server needs.
 
         * An absolute-form target (``GET http://host/path``) keeps its whole target in ``raw_path``. uvicorn passes
           only the path on, so the gateway could not refuse what issue 4 says to refuse (routing.canonical_path
@@ -186,6 +188,8 @@ else:
         * A head must arrive within ``header_timeout`` of the connection opening or of its first byte (slowloris:
           uvicorn's keep-alive timer runs only between requests, so a client that connects and sends nothing, or
           a byte now and then, was never closed). Like nginx's ``client_header_timeout``.
+        * The writes of one loop iteration leave in one ``send`` (gateway/coalescing.py): a proxied response's head
+          and body cost one system call instead of two (~10% of the gateway's CPU per request, issue 7).
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -196,7 +200,8 @@ else:
             self._in_head = True  # no complete head yet for the next request on this connection
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
+            # A response's head and body leave in one send (gateway/coalescing.py).
+            super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport), self.loop))
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
