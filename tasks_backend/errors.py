@@ -149,7 +149,10 @@ def _translate(exc: Exception) -> TasksError:
 
 async def handle_error(request: Request, exc: Exception) -> Response:
     error = _translate(exc)
-    if error.status >= 500:
+    if isinstance(error, Unavailable):
+        # An outage, not a bug: one line per request instead of a traceback each (issue 8's PostgreSQL restart).
+        logger.warning("database unavailable: %s %s: %s", request.method, request.url.path, exc)
+    elif error.status >= 500:
         logger.error("request failed: %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(error)
 
