@@ -40,6 +40,9 @@ environment variables:
   EDGE_PROOF_SECRET
       the gateway -> backend proof secret(s): comma-separated, each at least 32 bytes; required (the first
       signs, all verify); [proof].secret_env in the configuration names another variable
+  IDENTITY_REVOCATION_FEED_TOKEN (or the variable an issuer's revocation_token_env names)
+      the token the issuer's revocation feed requires, sent as "Authorization: Bearer" on every poll;
+      required once revocation_token_env names it (deploy/gateway*.toml do)
   {MULTIPROC_ENV}
       directory for per-worker metric files; with --workers > 1 and this unset, a fresh temporary directory
       is used and removed at exit (set by hand, it must start empty)

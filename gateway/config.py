@@ -34,6 +34,9 @@ configuration it does not fully understand, so an unknown key anywhere is an err
     revocation_url = "https://id.example/api/auth/revocations"  # optional; the issuer's revocation feed
                                       # (gateway/revocation.py). Absent: tokens are plain JWTs, never revoked.
                                       # The other revocation_* keys are allowed only with it.
+    revocation_token_env = "IDENTITY_REVOCATION_FEED_TOKEN"  # optional; an environment variable holding the
+                                      # feed's token (identity's IDENTITY_REVOCATION_FEED_TOKEN), sent as
+                                      # "Authorization: Bearer" on every poll. Named but unset or empty: an error.
     revocation_poll_interval = 1.0    # seconds between polls (issue 9: revoked within 2 s on every replica)
     revocation_timeout = 2.0          # seconds for one whole feed request
     revocation_max_bytes = 4194304    # bytes; a bigger feed response is refused
@@ -61,7 +64,8 @@ configuration it does not fully understand, so an unknown key anywhere is an err
                                       # boolean; a list-valued claim must contain it); mismatch is 403
 
 The environment supplies the proof secret(s): ``EDGE_PROOF_SECRET`` (or ``[proof].secret_env``), parsed by
-:func:`gateway.proof.parse_secrets` (comma-separated, each at least 32 bytes).
+:func:`gateway.proof.parse_secrets` (comma-separated, each at least 32 bytes), and each issuer's revocation feed
+token, from the variable its ``revocation_token_env`` names (visible ASCII; surrounding blanks are dropped).
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ class IssuerConfig:
     revocation_max_entries: int = 1_000_000
     revocation_stale_after: float = 10.0
     revocation_on_stale: StalePolicy = "refuse"
+    #: The value of the variable ``revocation_token_env`` names (never shown in a repr: configurations get logged).
+    revocation_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -325,7 +331,7 @@ def _algorithms(reader: _Reader) -> tuple[str, ...]:
     return algorithms
 
 
-def _issuer(data: Any, where: str, problems: list[str]) -> IssuerConfig | None:
+def _issuer(data: Any, where: str, problems: list[str], environ: Mapping[str, str]) -> IssuerConfig | None:
     reader = _Reader(data, where, problems)
     before = len(problems)
     issuer = reader.string("issuer", required=True)
@@ -339,7 +345,7 @@ def _issuer(data: Any, where: str, problems: list[str]) -> IssuerConfig | None:
     timeout = reader.number("jwks_timeout", 5.0, low=0.01, high=120)
     max_bytes = reader.integer("jwks_max_bytes", 262_144, low=1024, high=16 * 1024 * 1024)
     cooldown = reader.number("jwks_refetch_cooldown", 10.0, low=0, high=3600)
-    revocation = _revocation(reader)
+    revocation = _revocation(reader, environ)
     reader.finish()
     if len(problems) > before or issuer is None or audiences is None or jwks_url is None:
         return None
@@ -357,10 +363,10 @@ def _issuer(data: Any, where: str, problems: list[str]) -> IssuerConfig | None:
     )
 
 
-def _revocation(reader: _Reader) -> dict[str, Any]:
+def _revocation(reader: _Reader, environ: Mapping[str, str]) -> dict[str, Any]:
     """The issuer's ``revocation_*`` keys (issue 9). Without ``revocation_url`` none of the others may be set: a
     poll interval without a feed is a typo that would leave an operator believing sign-outs are enforced."""
-    keys = ("poll_interval", "timeout", "max_bytes", "max_entries", "stale_after", "on_stale")
+    keys = ("poll_interval", "timeout", "max_bytes", "max_entries", "stale_after", "on_stale", "token_env")
     if not reader.has("revocation_url"):
         for key in keys:
             if reader.has(f"revocation_{key}"):
@@ -379,6 +385,7 @@ def _revocation(reader: _Reader) -> dict[str, Any]:
         reader.problem("revocation_on_stale", f"must be one of {', '.join(STALE_POLICIES)}, not {on_stale!r}")
     return {
         "revocation_url": url,
+        "revocation_token": _revocation_token(reader, environ),
         "revocation_poll_interval": interval,
         "revocation_timeout": timeout,
         "revocation_max_bytes": max_bytes,
@@ -386,6 +393,30 @@ def _revocation(reader: _Reader) -> dict[str, Any]:
         "revocation_stale_after": stale_after,
         "revocation_on_stale": on_stale,
     }
+
+
+def _revocation_token(reader: _Reader, environ: Mapping[str, str]) -> str | None:
+    """The feed token from the variable ``revocation_token_env`` names. A named variable that is unset or empty is
+    an error: the gateway would poll without it, and a protected feed answers that with 404 (fail loudly)."""
+    name = reader.string("revocation_token_env")
+    if name is None:
+        return None
+    if not name or any(ch.isspace() or not ch.isprintable() for ch in name):
+        reader.problem("revocation_token_env", f"must be an environment variable name, not {name!r}")
+        return None
+    if name not in environ:
+        reader.problem("revocation_token_env", f"environment variable {name} is not set")
+        return None
+    token = environ[name].strip()
+    if not token:
+        reader.problem("revocation_token_env", f"environment variable {name} is empty")
+        return None
+    if not all("!" <= ch <= "~" for ch in token):
+        reader.problem(
+            "revocation_token_env", f"environment variable {name} must be visible ASCII (it is sent as a Bearer token)"
+        )
+        return None
+    return token
 
 
 @dataclass(frozen=True)
@@ -561,7 +592,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Gateway
             problems.append(f"{where}.issuer: duplicate issuer {name!r}")
         elif isinstance(name, str):
             names.add(name)
-        issuer = _issuer(entry, where, problems)
+        issuer = _issuer(entry, where, problems, environ)
         if issuer is not None:
             issuers.append(issuer)
 

@@ -9,10 +9,11 @@ still be unexpired. Gateways never read the identity database; each worker of ea
   the whole live list). ``"more": true`` fetches the next page at once (at most :data:`MAX_PAGES_PER_POLL` per
   poll, then the loop continues without sleeping). Entries of the last seconds are re-sent on every poll (the
   feed's commit-order safety margin); re-adding a known sid changes nothing.
-* **Fetch**: like the JWKS fetch: a whole-request deadline (``revocation_timeout``), no redirects, the body
-  streamed and abandoned past ``revocation_max_bytes``. Each request reports ``on_poll(issuer, outcome, size)``
-  with outcome ``ok`` (applied, caught up) | ``more`` (applied, more pages) | ``error | timeout | too_large |
-  invalid`` (refused, nothing applied).
+* **Fetch**: like the JWKS fetch: ``Authorization: Bearer <token>`` when the issuer has ``revocation_token_env``
+  (identity's ``IDENTITY_REVOCATION_FEED_TOKEN``), a whole-request deadline (``revocation_timeout``), no redirects
+  (the token goes nowhere else), the body streamed and abandoned past ``revocation_max_bytes``. Each request
+  reports ``on_poll(issuer, outcome, size)`` with outcome ``ok`` (applied, caught up) | ``more`` (applied, more
+  pages) | ``error | timeout | too_large | invalid`` (refused, nothing applied).
 * **Parse** (:func:`parse_page`, pure): the whole response is refused when anything in it is malformed; a
   half-understood list is not applied.
 * **Memory**: an entry is dropped once its ``exp`` (plus the verifier's leeway) has passed: by then every JWT of
@@ -281,11 +282,14 @@ class RevocationFeed:
         limit = config.revocation_max_bytes
         try:
             async with asyncio.timeout(config.revocation_timeout):
+                headers = {"accept": "application/json", "cache-control": "no-cache"}
+                if config.revocation_token is not None:  # identity's IDENTITY_REVOCATION_FEED_TOKEN
+                    headers["authorization"] = f"Bearer {config.revocation_token}"
                 request = self._client.build_request(
                     "GET",
                     feed.url,
                     params={"since": feed.cursor} if feed.cursor is not None else None,
-                    headers={"accept": "application/json", "cache-control": "no-cache"},
+                    headers=headers,
                     timeout=config.revocation_timeout,
                 )
                 response = await self._client.send(request, stream=True, follow_redirects=False)

@@ -26,6 +26,12 @@ Every setting, its default and its meaning (the README copies this table):
 ``IDENTITY_RATE_LIMIT_PER_ACCOUNT`` default ``5``: attempts per window per email address.
 ``IDENTITY_HASH_CONCURRENCY``  default ``max(1, CPUs - 1)``: password hashes running at once, so a burst of
                                sign-ins leaves a core to the event loop (issue 3, Speed).
+``IDENTITY_REVOCATION_FEED_TOKEN`` default empty. When set (at least 32 visible ASCII characters), the revocation
+                               feed ``GET /api/auth/revocations`` answers only requests with ``Authorization:
+                               Bearer <token>`` (compared in constant time) and is an empty 404, like any unknown
+                               path, to everyone else: it lists session ids and when they signed out, and the public
+                               ``/api/auth/*`` route of the gateway reaches it. Give the gateways the same value (an
+                               issuer's ``revocation_token_env``). Empty: the feed is public.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -48,6 +54,7 @@ MIN_SECRET_LENGTH = 32
 # Public on purpose: it only ever protects a developer's laptop, and it is refused outside development.
 DEV_SECRET = "identity-development-secret-do-not-use-in-production"  # noqa: S105
 JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("EdDSA", "ES256", "RS256")
+FEED_TOKEN_ENV = "IDENTITY_REVOCATION_FEED_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 
 logger = logging.getLogger("identity")
 
@@ -76,6 +83,7 @@ class Config:
     rate_limit_per_address: int
     rate_limit_per_account: int
     hash_concurrency: int
+    revocation_feed_token: str | None = field(default=None, repr=False)
     # Better Auth's session settings (reference 2.11); not configurable, listed here so code reads them by name.
     session_expires_in: int = 7 * 24 * 3600
     session_update_age: int = 24 * 3600
@@ -189,6 +197,18 @@ def load_config(environ: Mapping[str, str]) -> Config:
         except ValueError:
             problems.append(f"IDENTITY_TRUSTED_PROXIES entry {item!r} is not an IP address or CIDR")
 
+    feed_token = environ.get(FEED_TOKEN_ENV, "").strip() or None
+    if feed_token is not None:
+        if len(feed_token) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"{FEED_TOKEN_ENV} is {len(feed_token)} characters; at least {MIN_SECRET_LENGTH} are required "
+                "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        elif not all("!" <= ch <= "~" for ch in feed_token):
+            problems.append(f"{FEED_TOKEN_ENV} must be visible ASCII (it travels in an Authorization header)")
+        elif len(set(feed_token)) < 8:
+            problems.append(f"{FEED_TOKEN_ENV} has fewer than 8 distinct characters; use a random token")
+
     rate_raw = environ.get("IDENTITY_RATE_LIMIT", "on").strip().lower() or "on"
     if rate_raw not in ("on", "off", "1", "0", "true", "false"):
         problems.append(f"IDENTITY_RATE_LIMIT={rate_raw!r} must be 'on' or 'off'")
@@ -210,6 +230,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         hash_concurrency=_int(
             environ, "IDENTITY_HASH_CONCURRENCY", max(1, (os.cpu_count() or 2) - 1), 1, 1024, problems
         ),
+        revocation_feed_token=feed_token,
     )
     if problems:
         raise ConfigError(problems)

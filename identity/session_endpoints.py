@@ -7,11 +7,13 @@ and the revocation feed for gateways (``GET /api/auth/revocations``).
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from identity import bodies, origin
-from identity.errors import IdentityError, bad_request, forbidden
+from identity.errors import IdentityError, RouteNotFound, bad_request, forbidden
 from identity.service import Resolved, Service, check
 
 
@@ -101,7 +103,17 @@ class SessionEndpoints:
 
     async def revocations(self, request: Request) -> Response:
         """``{"revoked": [{"sid", "exp"}], "cursor"}``: sessions ended early whose JWTs may still be unexpired.
-        Poll with ``?since=<cursor>``; without it the whole live list comes back. Entries may repeat."""
+        Poll with ``?since=<cursor>``; without it the whole live list comes back. Entries may repeat.
+
+        With ``IDENTITY_REVOCATION_FEED_TOKEN`` set, only ``Authorization: Bearer <token>`` gets an answer;
+        anyone else gets the empty 404 of an unknown path, before the query is even read."""
+        expected = self.s.config.revocation_feed_token
+        if expected is not None:
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+            # Header values arrive as latin-1 text; compare bytes, in constant time (compare_digest refuses
+            # non-ASCII str).
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode("latin-1"), expected.encode()):
+                raise RouteNotFound()
         raw = request.query_params.get("since")
         since: int | None = None
         if raw:

@@ -105,13 +105,27 @@ def test_gateway_accepts_the_production_configuration(config: str, tmp_path: Pat
         path.write_text(render_gateway_config(FleetPorts(), JWKS_REFRESH))
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", str(path)],
-        env={"EDGE_PROOF_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        env={"EDGE_PROOF_SECRET": SECRET, "IDENTITY_REVOCATION_FEED_TOKEN": SECRET, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gateway_refuses_the_production_configuration_without_the_feed_token(tmp_path: Path) -> None:
+    """The feed is identity's only to the gateways: a gateway that would poll without the token does not start."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(DEPLOY / "gateway.production.toml")],
+        env={"EDGE_PROOF_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "revocation_token_env: environment variable IDENTITY_REVOCATION_FEED_TOKEN is not set" in result.stderr
 
 
 def test_environment_files_load_into_the_services_configuration() -> None:
@@ -132,6 +146,8 @@ def test_secrets_ship_empty() -> None:
         ("identity.env", "IDENTITY_SECRET"),
         ("tasks.env", "EDGE_PROOF_SECRET"),
         ("gateway.env", "EDGE_PROOF_SECRET"),
+        ("identity.env", "IDENTITY_REVOCATION_FEED_TOKEN"),
+        ("gateway.env", "IDENTITY_REVOCATION_FEED_TOKEN"),
     ):
         assert read_env(name)[key] == "", f"{name}: {key} must be empty"
 

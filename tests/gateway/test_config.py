@@ -70,7 +70,9 @@ def test_docstring_example_parses() -> None:
 
     doc = gateway.config.__doc__ or ""
     body = doc[doc.index("[server]") : doc.index("The environment supplies")]
-    config = parse_config(tomllib.loads(body.replace("\\\\", "\\")), ENV)
+    token = "Wq3-fR8_zL1xN6vB0kJ5tH2yC9mD4sGaPeUo7iTr"
+    config = parse_config(tomllib.loads(body.replace("\\\\", "\\")), {**ENV, "IDENTITY_REVOCATION_FEED_TOKEN": token})
+    assert config.issuers[0].revocation_token == token  # the example's revocation_token_env names this variable
     assert config.routes[0].methods == ("GET", "POST", "HEAD")
     assert config.routes[0].required_claims == {"email_verified": True}
     assert config.routes[0].issuers == ("https://id.example",)

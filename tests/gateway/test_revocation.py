@@ -75,6 +75,7 @@ class FeedServer:
     error: Exception | None = None
     delay: float = 0.0
     since: list[str | None] = field(default_factory=list)
+    authorization: list[str | None] = field(default_factory=list)  # each request's Authorization header
 
     def revoke(self, sid: str, ttl: int = 960) -> None:
         seq = self.rows[-1].seq + 1 if self.rows else 1
@@ -83,6 +84,7 @@ class FeedServer:
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         since = request.url.params.get("since")
         self.since.append(since)
+        self.authorization.append(request.headers.get("authorization"))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.error is not None:
@@ -566,6 +568,93 @@ def test_config_problems(keys, problem):
     with pytest.raises(ConfigError) as caught:
         issuer_from(**keys)
     assert problem in caught.value.problems
+
+
+FEED_TOKEN = "Wq3-fR8_zL1xN6vB0kJ5tH2yC9mD4sGaPeUo7iTr"
+TOKEN_ENV = "IDENTITY_REVOCATION_FEED_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("keys", "environ", "expected"),
+    [
+        pytest.param({"revocation_url": FEED_URL}, {TOKEN_ENV: FEED_TOKEN}, None, id="not named: no token"),
+        pytest.param(
+            {"revocation_url": FEED_URL, "revocation_token_env": TOKEN_ENV},
+            {TOKEN_ENV: f" {FEED_TOKEN}\n"},
+            FEED_TOKEN,
+            id="named and set (surrounding blanks dropped, as identity does)",
+        ),
+        pytest.param(
+            {"revocation_url": FEED_URL, "revocation_token_env": TOKEN_ENV},
+            {},
+            f"issuers[0].revocation_token_env: environment variable {TOKEN_ENV} is not set",
+            id="named but unset",
+        ),
+        pytest.param(
+            {"revocation_url": FEED_URL, "revocation_token_env": TOKEN_ENV},
+            {TOKEN_ENV: "  "},
+            f"issuers[0].revocation_token_env: environment variable {TOKEN_ENV} is empty",
+            id="named but empty",
+        ),
+        pytest.param(
+            {"revocation_url": FEED_URL, "revocation_token_env": TOKEN_ENV},
+            {TOKEN_ENV: "two words"},
+            f"issuers[0].revocation_token_env: environment variable {TOKEN_ENV} must be visible ASCII"
+            " (it is sent as a Bearer token)",
+            id="not header-safe",
+        ),
+        pytest.param(
+            {"revocation_url": FEED_URL, "revocation_token_env": ""},
+            {},
+            "issuers[0].revocation_token_env: must be an environment variable name, not ''",
+            id="empty name",
+        ),
+        pytest.param(
+            {"revocation_url": FEED_URL, "revocation_token_env": 5},
+            {},
+            "issuers[0].revocation_token_env: must be a string, not an integer",
+            id="not a string",
+        ),
+        pytest.param(
+            {"revocation_token_env": TOKEN_ENV},
+            {TOKEN_ENV: FEED_TOKEN},
+            "issuers[0].revocation_token_env: is allowed only with revocation_url",
+            id="without a feed",
+        ),
+    ],
+)
+def test_config_revocation_token_env(keys, environ, expected):
+    data = {"issuers": [{**BASE, **keys}]}
+    if expected is None or expected == FEED_TOKEN:
+        issuer = parse_config(data, {**ENV, **environ}).issuers[0]
+        assert issuer.revocation_token == expected
+        assert FEED_TOKEN not in repr(issuer)  # configurations get logged; the token must not be
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, {**ENV, **environ})
+    assert expected in caught.value.problems
+    assert FEED_TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("token", "sent"),
+    [
+        pytest.param(None, None, id="no token: no Authorization"),
+        pytest.param(FEED_TOKEN, f"Bearer {FEED_TOKEN}", id="token: Bearer on every page"),
+    ],
+)
+async def test_polls_carry_the_feed_token(server, clock, token, sent):
+    server.page_size = 1
+    for sid in ("a", "b"):
+        server.revoke(sid)
+    feed = RevocationFeed(
+        [issuer_config(revocation_url=FEED_URL, revocation_token=token)],
+        httpx.AsyncClient(transport=httpx.MockTransport(server), trust_env=False),
+        clock=clock,
+        monotonic=clock,
+    )
+    await feed.poll(ISSUER)
+    assert server.authorization == [sent, sent]
 
 
 # --- the app ---------------------------------------------------------------------------------------------------------

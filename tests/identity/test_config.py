@@ -28,6 +28,7 @@ def test_defaults():
     assert (config.rate_limit_window, config.rate_limit_per_address, config.rate_limit_per_account) == (60, 10, 5)
     assert config.hash_concurrency >= 1
     assert config.secure_cookies is False
+    assert config.revocation_feed_token is None
 
 
 def test_everything_set():
@@ -43,6 +44,7 @@ def test_everything_set():
             "IDENTITY_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1, 2001:db8::/32",
             "IDENTITY_RATE_LIMIT": "off",
             "IDENTITY_HASH_CONCURRENCY": "3",
+            "IDENTITY_REVOCATION_FEED_TOKEN": " Wq3-fR8_zL1xN6vB0kJ5tH2yC9mD4sGaPeUo7iTr ",
         }
     )
     assert config.database_url == "postgresql://u@db/identity"
@@ -57,6 +59,7 @@ def test_everything_set():
     )
     assert config.rate_limit_enabled is False
     assert config.hash_concurrency == 3
+    assert config.revocation_feed_token == "Wq3-fR8_zL1xN6vB0kJ5tH2yC9mD4sGaPeUo7iTr"  # surrounding blanks dropped
 
 
 @pytest.mark.parametrize(
@@ -73,6 +76,26 @@ def test_everything_set():
         pytest.param({"IDENTITY_TRUSTED_ORIGINS": "ftp://x"}, "IDENTITY_TRUSTED_ORIGINS entry", id="bad origin"),
         pytest.param({"IDENTITY_TRUSTED_PROXIES": "10.0.0.0/33"}, "IDENTITY_TRUSTED_PROXIES entry", id="bad cidr"),
         pytest.param({"IDENTITY_RATE_LIMIT": "maybe"}, "IDENTITY_RATE_LIMIT='maybe'", id="bad switch"),
+        pytest.param(
+            {"IDENTITY_REVOCATION_FEED_TOKEN": "short-token"},
+            "IDENTITY_REVOCATION_FEED_TOKEN is 11 characters",
+            id="feed token too short",
+        ),
+        pytest.param(
+            {"IDENTITY_REVOCATION_FEED_TOKEN": "a" * 40},
+            "IDENTITY_REVOCATION_FEED_TOKEN has fewer than 8 distinct",
+            id="feed token low entropy",
+        ),
+        pytest.param(
+            {"IDENTITY_REVOCATION_FEED_TOKEN": "Wq3-fR8_zL1xN6vB0 kJ5tH2yC9mD4sGaPeUo7iTr"},
+            "IDENTITY_REVOCATION_FEED_TOKEN must be visible ASCII",
+            id="feed token with a space",
+        ),
+        pytest.param(
+            {"IDENTITY_REVOCATION_FEED_TOKEN": "Wq3-fR8_zL1xN6vB0\u00e9kJ5tH2yC9mD4sGaPeUo7iTr"},
+            "IDENTITY_REVOCATION_FEED_TOKEN must be visible ASCII",
+            id="feed token not ASCII",
+        ),
     ],
 )
 def test_problems(environ, problem):

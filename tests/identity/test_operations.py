@@ -95,6 +95,7 @@ def test_cli_help_names_every_variable(capsys):
         "IDENTITY_JWT_TTL",
         "IDENTITY_TRUSTED_PROXIES",
         "IDENTITY_KEY_PUBLISH_DELAY",
+        "IDENTITY_REVOCATION_FEED_TOKEN",
         "serve",
         "migrate",
         "rotate-key",

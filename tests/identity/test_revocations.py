@@ -244,3 +244,68 @@ async def test_entries_below_the_cursor_are_resent_for_the_overlap_window(h, mon
     assert ("late-commit" in sids) is resent
     body = await feed(h, body["cursor"])
     assert [e["sid"] for e in body["revoked"]][-1:] == ["new-3"] and "more" not in body
+
+
+# --- IDENTITY_REVOCATION_FEED_TOKEN: the feed only for gateways (security review LOW: it was public) ---------------
+
+FEED_TOKEN = "Wq3-fR8_zL1xN6vB0kJ5tH2yC9mD4sGaPeUo7iTr"
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "status"),
+    [
+        pytest.param({}, None, 404, id="no credentials"),
+        pytest.param({}, {"since": "abc"}, 404, id="no credentials, bad cursor: still a plain 404"),
+        pytest.param({"authorization": f"Bearer {FEED_TOKEN}"}, None, 200, id="the token"),
+        pytest.param({"authorization": f"bearer {FEED_TOKEN}"}, None, 200, id="scheme is case-insensitive"),
+        pytest.param({"authorization": f"Bearer {FEED_TOKEN}"}, {"since": "abc"}, 400, id="the token, bad cursor"),
+        pytest.param({"authorization": f"Bearer {FEED_TOKEN[:-1]}"}, None, 404, id="a prefix of the token"),
+        pytest.param({"authorization": f"Bearer {FEED_TOKEN}x"}, None, 404, id="the token and more"),
+        pytest.param({"authorization": f"Bearer  {FEED_TOKEN}"}, None, 404, id="two spaces"),
+        pytest.param({"authorization": FEED_TOKEN}, None, 404, id="no scheme"),
+        pytest.param({"authorization": f"Basic {FEED_TOKEN}"}, None, 404, id="other scheme"),
+        pytest.param({"authorization": b"Bearer \xe9"}, None, 404, id="latin-1 token"),
+        pytest.param({"cookie": f"token={FEED_TOKEN}"}, None, 404, id="in a cookie"),
+    ],
+)
+async def test_feed_token_is_required_when_configured(make_harness, headers, params, status):
+    h = await make_harness(IDENTITY_REVOCATION_FEED_TOKEN=FEED_TOKEN)
+    token = (await h.sign_up()).json()["token"]
+    await h.client.post("/api/auth/sign-out", headers=bearer(token))
+    response = await h.client.get(FEED, params=params, headers=headers)
+    assert response.status_code == status
+    if status == 404:  # exactly like a path identity does not serve: nothing says the feed exists
+        assert response.content == b"" and "content-type" not in response.headers
+    if status == 200:
+        assert len(response.json()["revoked"]) == 1
+
+
+async def test_a_session_token_is_not_the_feed_token(make_harness):
+    h = await make_harness(IDENTITY_REVOCATION_FEED_TOKEN=FEED_TOKEN)
+    token = (await h.sign_up()).json()["token"]
+    assert (await h.client.get(FEED, headers=bearer(token))).status_code == 404
+
+
+async def test_the_gateway_polls_with_its_token(make_harness):
+    """The gateway's issuer config names the variable (revocation_token_env); its polls carry the token."""
+    from gateway.config import parse_config
+    from tests.gateway.conftest import PROOF_SECRET
+
+    h = await make_harness(IDENTITY_REVOCATION_FEED_TOKEN=FEED_TOKEN)
+    token = (await h.sign_up()).json()["token"]
+    sid = await sid_of(h, token)
+    await h.client.post("/api/auth/sign-out", headers=bearer(token))
+    issuer = {"issuer": BASE_URL, "audiences": [BASE_URL], "jwks_url": f"{BASE_URL}/api/auth/jwks"}
+    for environ, ok in (({"FEED_TOKEN": FEED_TOKEN}, True), ({"FEED_TOKEN": FEED_TOKEN[::-1]}, False)):
+        config = parse_config(
+            {"issuers": [{**issuer, "revocation_url": f"{BASE_URL}{FEED}", "revocation_token_env": "FEED_TOKEN"}]},
+            {"EDGE_PROOF_SECRET": PROOF_SECRET, **environ},
+        )
+        outcomes: list[str] = []
+        gateway_feed = RevocationFeed(
+            config.issuers, h.client, clock=h.clock, on_poll=lambda issuer, outcome, size: outcomes.append(outcome)
+        )
+        await gateway_feed.poll(BASE_URL)
+        revoked = Claims(sub="u", iss=BASE_URL, exp=int(h.clock()) + 60, email=None, sid=sid, raw={})
+        assert outcomes == (["ok"] if ok else ["error"])
+        assert (gateway_feed.size(BASE_URL) == 1 and gateway_feed.is_revoked(revoked)) is ok

@@ -86,6 +86,12 @@ def test_journey_through_the_gateway(stack: Stack) -> None:
         assert old_jwt.status_code == 401, old_jwt.text
         assert 'error_description="the token has been revoked"' in old_jwt.headers["www-authenticate"]
         assert latency < 2.0
+        # ...while the feed itself is the gateways' alone (IDENTITY_REVOCATION_FEED_TOKEN): through the public
+        # /api/auth/ route, an anonymous client gets the empty 404 of an unknown path, with or without a cursor.
+        for anonymous in (client.get("/api/auth/revocations"), client.get("/api/auth/revocations?since=0")):
+            assert anonymous.status_code == 404 and anonymous.content == b""
+        with_session = client.get("/api/auth/revocations", headers={"Authorization": f"Bearer {bob_session}"})
+        assert with_session.status_code == 404
         refused = client.get("/api/auth/token", headers={"Authorization": f"Bearer {session}"})
         assert refused.status_code == 401
         # Bob's session is untouched by Alice signing out.

@@ -57,7 +57,9 @@ def test_step_1_the_route_goes_above_the_tasks_route():
     tasks_index = next(i for i, r in enumerate(data["routes"]) if r["upstream"].endswith(":8002"))
     data["routes"].insert(tasks_index, tomllib.loads(RECIPE_ROUTE)["routes"][0])
 
-    config = parse_config(data, {"EDGE_PROOF_SECRET": SECRET.decode()})
+    # deploy/gateway.toml's issuer names the revocation feed token's variable (identity's feed is not public).
+    environ = {"EDGE_PROOF_SECRET": SECRET.decode(), "IDENTITY_REVOCATION_FEED_TOKEN": SECRET.decode()}
+    config = parse_config(data, environ)
     router = Router(config.routes)
 
     notes = router.match("GET", "/api/u1/notes/whoami")
