@@ -33,7 +33,6 @@ check each time; failures that time or key rotation can change (``unknown_kid``,
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -42,8 +41,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 from cachetools import TLRUCache, TTLCache
@@ -102,8 +100,7 @@ def extract_bearer(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return credentials
 
 
-@dataclass(frozen=True)
-class Claims:
+class Claims(NamedTuple):  # NamedTuples: built on every verification, cheaper than frozen dataclasses
     """The verified claims the gateway acts on. ``raw`` is the whole verified payload."""
 
     sub: str
@@ -114,28 +111,33 @@ class Claims:
     raw: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class _Verified:
+class _Verified(NamedTuple):
     claims: Claims
     issuer: str
     key_fingerprint: str
     expires_at: float
 
 
+_TO_STANDARD_BASE64 = bytes.maketrans(b"-_", b"+/")
+_JSON = json.JSONDecoder()
+
+
 def _base64url(data: bytes) -> bytes:
+    # The alphabet is checked first, so binascii (which skips characters outside it) decodes exactly these bytes.
     if _B64URL.fullmatch(data) is None:
         raise InvalidToken("malformed")
     try:
-        return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+        return binascii.a2b_base64(data.translate(_TO_STANDARD_BASE64) + b"=" * (-len(data) % 4))
     except binascii.Error:
         raise InvalidToken("malformed") from None
 
 
 def _segment(data: bytes) -> Any:
+    """A JOSE header or JWT claims set: base64url of UTF-8 JSON (RFC 7515 §7.1, RFC 7519 §7.2)."""
     decoded = _base64url(data)
     try:
-        value = json.loads(decoded)
-    except (ValueError, RecursionError):
+        value = _JSON.decode(decoded.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidToken("malformed") from None
     if not isinstance(value, dict):
         raise InvalidToken("malformed")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -95,6 +96,14 @@ def tamper_signature(token: str) -> str:
     raw = bytearray(jwt_b64decode(signature))
     raw[0] ^= 1
     return ".".join((header, payload, b64(bytes(raw))))
+
+
+def signed(setup: Setup, encoding: str) -> str:
+    """A validly signed token whose header and claims are JSON in another encoding than plain UTF-8."""
+    header = b64(json.dumps({"alg": setup.key.alg, "kid": setup.key.kid}).encode(encoding))
+    payload = b64(json.dumps(claims_for(T)).encode(encoding))
+    algorithm = jwt.get_algorithm_by_name(setup.key.alg)
+    return f"{header}.{payload}.{b64(algorithm.sign(f'{header}.{payload}'.encode(), setup.key.private_key))}"
 
 
 def jwt_b64decode(segment: str) -> bytes:
@@ -208,6 +217,8 @@ INVALID: list[Any] = [
         id="header not an object",
     ),
     pytest.param(lambda s: ".".join((b64(b"{"), "e30", "AAAA")), "malformed", id="header not JSON"),
+    pytest.param(lambda s: signed(s, "utf-16"), "malformed", id="UTF-16 JSON (RFC 7515 §4: UTF-8)"),
+    pytest.param(lambda s: signed(s, "utf-8-sig"), "malformed", id="UTF-8 JSON with a BOM"),
     pytest.param(lambda s: "a.b!.c", "malformed", id="not base64url"),
     pytest.param(lambda s: "\u00e9" + s.mint(), "malformed", id="non-ASCII token"),
     pytest.param(lambda s: s.mint(pad="x" * 9000), "oversized", id="oversized token"),
