@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -48,6 +48,31 @@ Send = Callable[[Message], Awaitable[None]]
 
 _ANONYMOUS = headers.Identity(user_id=None, email=None)
 _HEALTH_METHODS = ("GET", "HEAD")
+
+
+class _RequestIds:
+    """128-bit random request ids (32 hex digits), read from the OS 256 at a time: one ``getrandom`` call per 256
+    requests instead of one each (issue 7). A forked child starts with an empty batch, never its parent's."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._next = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._hex, self._next = "", 0
+
+    def __call__(self) -> str:
+        at = self._next
+        if at >= len(self._hex):
+            self._hex, at = os.urandom(16 * self._BATCH).hex(), 0
+        self._next = at + 32
+        return self._hex[at : at + 32]
+
+
+_request_id = _RequestIds()
 
 
 class _Target:
@@ -151,7 +176,7 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = secrets.token_hex(16)
+        request_id = _request_id()
         method: str = scope["method"]
         respond = _Response(send)
         record = accesslog.AccessRecord(request_id=request_id, method=method, route=UNMATCHED)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import time
 
 import httpx
@@ -513,3 +514,22 @@ async def test_websocket_upgrades_are_refused(gateway):
 
     await app({"type": "websocket", "path": "/public/ws", "raw_path": b"/public/ws", "headers": []}, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_request_ids_are_random_hex_unique_and_not_shared_with_a_forked_child():
+    from gateway.app import _RequestIds
+
+    ids = _RequestIds()
+    drawn = [ids() for _ in range(1000)]  # several batches
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in drawn)
+    assert len(set(drawn)) == len(drawn)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what would its next id be?
+        os.write(write, ids().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != ids()
