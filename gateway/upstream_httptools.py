@@ -32,7 +32,7 @@ import asyncio
 import collections
 import re
 import ssl
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -158,14 +158,15 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks -----------------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self.complete:  # a second response to one request (or a HEAD response's body): stop parsing here
-            raise ValueError("data after the response")
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # After the head: chunked trailer fields (never merged into the header list, RFC 9110 §6.5.1) or the head of
+        # a response nobody asked for (refused in on_headers_complete).
+        if not self.head_done:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a second response to one request: stop parsing here (feed() retires the connection)
+            raise ValueError("data after the response")
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:  # nothing asked to switch protocols (Upgrade is hop-by-hop, never forwarded)
@@ -268,28 +269,28 @@ class _Connection(asyncio.Protocol):
         elif sent != length:
             raise ValueError("request body length differs from its Content-Length")
 
-    async def wait_head(self) -> None:
-        while not self.head_done:
-            if self.error is not None:
-                raise self.error()
-            await self.wait()
-
     # --- UpstreamResponse ----------------------------------------------------------------------------------------
 
     def aiter_raw(self) -> _BodyChunks:
         return _BodyChunks(self)
 
+    def take(self) -> bytes | None:
+        """Everything buffered as one chunk, or None at the end of a complete body (and nothing buffered)."""
+        chunks = self.chunks
+        if not chunks:
+            return None
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return data
+
     async def next_chunk(self) -> bytes | None:
         while True:
             if self.chunks:
-                chunks = self.chunks
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self.buffered = 0
-                if self.read_paused and self.transport is not None:
-                    self.read_paused = False
-                    self.transport.resume_reading()
-                return data
+                return self.take()
             if self.error is not None:
                 raise self.error()
             if self.complete:
@@ -309,6 +310,9 @@ class _Connection(asyncio.Protocol):
 
 
 class _BodyChunks:
+    """``aiter_raw()``. What is already buffered (usually the whole body of a small response) is handed out as a
+    finished future, and the end as StopAsyncIteration at once: only a real wait costs a coroutine."""
+
     __slots__ = ("_connection",)
 
     def __init__(self, connection: _Connection) -> None:
@@ -317,7 +321,18 @@ class _BodyChunks:
     def __aiter__(self) -> _BodyChunks:
         return self
 
-    async def __anext__(self) -> bytes:
+    def __anext__(self) -> Awaitable[bytes]:
+        connection = self._connection
+        if connection.chunks or (connection.complete and connection.error is None):
+            chunk = connection.take()
+            if chunk is None:
+                raise StopAsyncIteration
+            ready: asyncio.Future[bytes] = connection.loop.create_future()
+            ready.set_result(chunk)
+            return ready
+        return self._wait()
+
+    async def _wait(self) -> bytes:
         chunk = await self._connection.next_chunk()
         if chunk is None:
             raise StopAsyncIteration
@@ -383,7 +398,9 @@ class HttptoolsUpstream:
         ):
             raise ValueError("request line or header not representable on the wire")
         for attempt in (0, 1):
-            connection = await self._acquire(origin, parsed, timeouts.connect, fresh=attempt > 0)
+            connection = None if attempt else self._idle_connection(origin)
+            if connection is None:
+                connection = await self._acquire(origin, parsed, timeouts.connect, fresh=attempt > 0)
             try:
                 connection.begin(head_only=method == "HEAD", read_timeout=timeouts.read)
                 connection.exchanges += 1
@@ -391,7 +408,10 @@ class HttptoolsUpstream:
                 connection.transport.write(head)
                 if body is not None:
                     await connection.write_body(body, chunked, length)
-                await connection.wait_head()
+                while not connection.head_done:
+                    if connection.error is not None:
+                        raise connection.error()
+                    await connection.wait()
             except BadGateway:
                 connection.close()
                 retry = connection.exchanges > 1 and not connection.received and body is None
@@ -406,16 +426,23 @@ class HttptoolsUpstream:
 
     # --- the pool ----------------------------------------------------------------------------------------------
 
+    def _idle_connection(self, key: str) -> _Connection | None:
+        """The most recently used idle connection to ``key`` that is still open and fresh (others are closed)."""
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if not connection.lost and self.loop.time() - connection.idle_since < self._keepalive_expiry:
+                return connection
+            connection.close()
+        return None
+
     async def _acquire(self, key: str, origin: _Origin, within: float, *, fresh: bool) -> _Connection:
         loop = self.loop
         deadline = loop.time() + within
         while True:
-            idle = self._idle.get(key)
-            while idle and not fresh:
-                connection = idle.pop()
-                if not connection.lost and loop.time() - connection.idle_since < self._keepalive_expiry:
-                    return connection
-                connection.close()
+            connection = None if fresh else self._idle_connection(key)
+            if connection is not None:
+                return connection
             if self._open >= self._max_connections:
                 self._evict_one()
             if self._open < self._max_connections:
