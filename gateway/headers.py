@@ -152,6 +152,10 @@ def _claim_bytes(value: str) -> bytes:
     """A claim as a header value. Backends (and :class:`gateway.proof.ProofVerifier`) read header bytes as
     latin-1, so the claim is sent as latin-1 and proven as the same string; a claim that latin-1 cannot carry,
     or with controls (header injection) or edge whitespace (stripped by parsers as OWS), is refused."""
+    if value.isascii() and value.isprintable():  # the usual case: visible ASCII, only the edges left to check
+        if value[:1] == " " or value[-1:] == " ":
+            raise ValueError("claim not representable in an HTTP header")
+        return value.encode("ascii")
     if _UNSAFE_CLAIM.search(value) is not None:
         raise ValueError("claim not representable in an HTTP header")
     try:

@@ -326,3 +326,26 @@ RESPONSES = [
 @pytest.mark.parametrize(("upstream", "expected"), RESPONSES)
 def test_response_headers(upstream, expected):
     assert downstream_headers(upstream, "rid-1") == [*expected, (b"x-request-id", b"rid-1")]
+
+
+def _reference_claim_bytes(value: str) -> bytes:
+    if value != value.strip(" \t") or any(ch < " " or "\x7f" <= ch < "\xa0" for ch in value):
+        raise ValueError("claim not representable in an HTTP header")
+    return value.encode("latin-1")
+
+
+@pytest.mark.parametrize("where", ["{}x", "x{}", "x{}x", "{}"])
+def test_claim_bytes_fast_path_agrees_with_the_rule(where):
+    from gateway.headers import _claim_bytes
+
+    for code in [*range(0x180), 0x2028, 0xFEFF, 0x1F600]:
+        value = where.format(chr(code))
+        try:
+            expected: bytes | None = _reference_claim_bytes(value)
+        except (ValueError, UnicodeEncodeError):
+            expected = None
+        try:
+            actual: bytes | None = _claim_bytes(value)
+        except ValueError:
+            actual = None
+        assert actual == expected, (hex(code), where)

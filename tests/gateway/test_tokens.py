@@ -12,6 +12,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import RouteConfig
 from gateway.errors import Forbidden, InvalidRequest, InvalidToken, ServiceUnavailable
@@ -577,3 +579,49 @@ def test_the_ascii_fast_path_of_header_safe_agrees_with_the_unicode_rule() -> No
     for code in [*range(0x300), 0x2028, 0x200B, 0xFEFF, 0x1F600]:
         value = f"a{chr(code)}b"
         assert _header_safe(value) == reference(value), hex(code)
+
+
+def _reference_bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """extract_bearer as first written (str operations, then the alphabet): the fast one must agree with it."""
+    values = [value for name, value in headers if name.lower() == b"authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest("more than one Authorization header")
+    value = values[0].decode("latin-1").strip(" \t")
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    credentials = credentials.lstrip(" ")
+    if not credentials:
+        raise InvalidRequest("the Bearer scheme needs a token")
+    if " " in credentials or "\t" in credentials or "," in credentials:
+        raise InvalidRequest("the Authorization header must hold exactly one bearer token")
+    body = credentials.rstrip("=")
+    if not body or any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/" for ch in body):
+        raise InvalidToken("malformed")
+    return credentials
+
+
+def _outcome(function: Callable[[list[tuple[bytes, bytes]]], str | None], headers: list[tuple[bytes, bytes]]) -> Any:
+    try:
+        return function(headers)
+    except (InvalidRequest, InvalidToken) as exc:
+        return type(exc)
+
+
+SCHEMES = st.sampled_from([b"Bearer", b"bearer", b"BEARER", b"Basic", b"Bearerx", b"", b" Bearer", b"\tBearer"])
+SEPARATORS = st.sampled_from([b" ", b"  ", b"\t", b"", b" \t"])
+CREDENTIAL_PIECES = st.sampled_from(
+    [b"a", b"Z9", b"-._~+/", b"=", b"==", b" ", b"\t", b",", b".", b"\xe9", b"\x00", b'"', b"eyJhbGciOiJFZERTQSJ9"]
+)
+AUTHORIZATION_VALUES = st.tuples(SCHEMES, SEPARATORS, st.lists(CREDENTIAL_PIECES, max_size=6).map(b"".join)).map(
+    b"".join
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(AUTHORIZATION_VALUES, max_size=2))
+def test_extract_bearer_agrees_with_the_reference(values: list[bytes]) -> None:
+    headers = [(b"Authorization", value) for value in values]
+    assert _outcome(extract_bearer, headers) == _outcome(_reference_bearer, headers)
