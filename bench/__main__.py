@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="ratio chart, PNG (default docs/bench-ratios.png)",
     )
     parser.add_argument("--no-chart", action="store_true", help="do not write the chart")
+    parser.add_argument(
+        "--replot", type=Path, metavar="JSON", help="only redraw the chart from a results JSON of an earlier run"
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args(argv)
     args.scenarios = tuple(item.strip() for item in args.scenarios.split(",") if item.strip())
@@ -139,6 +142,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot, args.chart)
     started = dt.datetime.now().astimezone()
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     source = source_state()  # the services are started from this tree in a moment
@@ -294,13 +299,32 @@ def write_outputs(
     (args.results / f"{stem}.json").write_text(json.dumps(data, indent=2, default=str))
     print(f"written: {args.results / stem}.md and .json")
     if not args.no_chart and all_ratios:
-        ones = [item["loadavg"][0] for item in loads]
-        title = (
-            f"edge gateway bench {started:%Y-%m-%d %H:%M}, {args.rounds} rounds x {args.duration:g} s per run, "
-            f"1-min load average {min(ones, default=0):.1f}-{max(ones, default=0):.1f} on {os.cpu_count()} CPUs"
-        )
-        report.chart(all_ratios, args.chart, title)
+        report.chart(all_ratios, args.chart, chart_title(meta))
         print(f"chart: {args.chart}")
+
+
+def chart_title(meta: dict[str, Any]) -> str:
+    settings = meta["settings"]
+    ones = [item["loadavg"][0] for item in meta["load_average_per_round"]]
+    source = meta.get("source", "?")
+    code = source.split(" ")[0] + (" + uncommitted changes" if "uncommitted" in source else "")
+    return (
+        f"edge gateway bench {meta['started'][:16].replace('T', ' ')}, {settings['rounds']} rounds x "
+        f"{settings['duration']:g} s per run\n1-min load average {min(ones, default=0):.1f}-{max(ones, default=0):.1f}"
+        f" on {meta['machine']['cpus_online']} shared CPUs; code {code}"
+    )
+
+
+def replot(results: Path, chart: Path) -> int:
+    data = json.loads(results.read_text())
+    fields = set(Run.__dataclass_fields__)
+    runs = [Run(**{key: value for key, value in item.items() if key in fields}) for item in data["runs"]]
+    rounds = data["meta"]["settings"]["rounds"]
+    report.chart(
+        ratios(runs, proxybench.RATIO_SPECS + identitybench.RATIO_SPECS, rounds), chart, chart_title(data["meta"])
+    )
+    print(f"chart: {chart}")
+    return 0
 
 
 def burst_check(

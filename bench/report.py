@@ -182,7 +182,7 @@ def chart(ratios: Sequence[Ratio], path: Path, title: str) -> None:
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("ratio, log scale (bars: median of per-round ratios; dots: rounds; black tick: goal)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench import configs, prereqs, profile, proxybench, wrk
@@ -233,3 +235,22 @@ def test_bench_gateway_config_is_accepted_by_the_gateway() -> None:
     text = configs.gateway_toml(8080, issuer="https://id.bench.test", audience="https://api.bench.test")
     config = parse_config(tomllib.loads(text), {"EDGE_PROOF_SECRET": "s" * 48})
     assert [route.auth for route in config.routes] == ["owner"]
+
+
+def test_replot_redraws_the_chart_from_a_results_file(tmp_path) -> None:
+    from bench.__main__ import replot
+
+    runs = [
+        _run(n, "warm", target, rps) for n in (1, 2) for target, rps in (("gateway-EdDSA", 3), ("haproxy-ES256", 4))
+    ]
+    meta = {
+        "started": "2026-11-26T15:39:11+00:00",
+        "settings": {"rounds": 2, "duration": 10.0},
+        "load_average_per_round": [{"round": 1, "loadavg": [2.4, 3, 4]}, {"round": 2, "loadavg": [4.1, 3, 4]}],
+        "machine": {"cpus_online": 2},
+        "source": "abc1234",
+    }
+    results = tmp_path / "bench.json"
+    results.write_text(json.dumps({"meta": meta, "runs": [run.as_dict() for run in runs]}))
+    assert replot(results, tmp_path / "chart.png") == 0
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
