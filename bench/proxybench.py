@@ -176,7 +176,8 @@ class ProxyRig:
 
     def _gateway(self, name: str, port: int, workers: int, cpus: str | None, *, access_log: bool = False) -> procs.Proc:
         config = self.work / "gateway.toml"
-        config.write_text(configs.gateway_toml(self.upstream_port, issuer=keys.ISSUER, audience=keys.AUDIENCE))
+        if not config.exists():
+            config.write_text(configs.gateway_toml(self.upstream_port, issuer=keys.ISSUER, audience=keys.AUDIENCE))
         env = {**os.environ, "EDGE_PROOF_SECRET": secrets.token_urlsafe(48), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "gateway", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
         # nginx and HAProxy run without access logs here, so the compared gateways do too; "gateway-EdDSA-log"
