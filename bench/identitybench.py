@@ -1,7 +1,7 @@
 """The identity side: our identity service and Better Auth 1.7.25 side by side in the same run.
 
 - throughput of ``GET /api/auth/token`` and ``GET /api/auth/get-session`` (``Authorization: Bearer`` with the
-  session token from sign-in) and ``GET /api/auth/jwks``, wrk ``-c10`` like the reference measurement;
+  ``set-auth-token`` of a sign-up) and ``GET /api/auth/jwks``, wrk ``-c10`` like the reference measurement;
 - sign-in latency: sequential ``POST /api/auth/sign-in/email`` on one keep-alive connection, p50/p90, and the
   server's CPU per sign-in;
 - the burst check of issue 3: while wrk loads ``/jwks`` and ``/token`` (two wrk processes), 50 sign-ins
