@@ -76,7 +76,7 @@ def create_app(
     now = clock or time.time
     service = Service(
         config,
-        Store(db, now, config.jwt_ttl),
+        Store(db, now, config.jwt_ttl, session_cache_ms=config.session_cache_ms),
         KeyRing(db, config, now),
         Passwords(password_hasher or strong_hasher(), config.hash_concurrency),
         now,

@@ -32,6 +32,10 @@ Every setting, its default and its meaning (the README copies this table):
                                path, to everyone else: it lists session ids and when they signed out, and the public
                                ``/api/auth/*`` route of the gateway reaches it. Give the gateways the same value (an
                                issuer's ``revocation_token_env``). Empty: the feed is public.
+``IDENTITY_SESSION_CACHE_MS``  default ``1000`` (0..5000; 0 turns it off): how long ``/token``, ``/get-session`` and
+                               the pages may answer from this process's copy of a session instead of the database.
+                               Ends in this process invalidate it at once; another replica's copy may outlive a
+                               revocation by this long, and gateways refuse its JWTs by ``sid`` (sessioncache.py).
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class Config:
     rate_limit_per_account: int
     hash_concurrency: int
     revocation_feed_token: str | None = field(default=None, repr=False)
+    session_cache_ms: int = 1000
     # Better Auth's session settings (reference 2.11); not configurable, listed here so code reads them by name.
     session_expires_in: int = 7 * 24 * 3600
     session_update_age: int = 24 * 3600
@@ -231,6 +236,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
             environ, "IDENTITY_HASH_CONCURRENCY", max(1, (os.cpu_count() or 2) - 1), 1, 1024, problems
         ),
         revocation_feed_token=feed_token,
+        session_cache_ms=_int(environ, "IDENTITY_SESSION_CACHE_MS", 1000, 0, 5000, problems),
     )
     if problems:
         raise ConfigError(problems)

@@ -130,7 +130,7 @@ class AuthEndpoints:
                 "POST method requires deferSessionRefresh to be enabled in session config",
             )
         disable_refresh = request.query_params.get("disableRefresh", "false").lower() not in ("false", "0")
-        resolved = await s.resolve(request, refresh=not disable_refresh)
+        resolved = await s.resolve(request, refresh=not disable_refresh, cached=True)
         if resolved.info is None:
             return s.json(None, set_cookies=resolved.set_cookies, extra=no_store)
         info = resolved.info
@@ -143,7 +143,7 @@ class AuthEndpoints:
         )
 
     async def token(self, request: Request) -> Response:
-        resolved = await self.s.require(request)
+        resolved = await self.s.require(request, cached=True)
         assert resolved.info is not None
         jwt = await self.s.jwt_for(resolved.info.user, resolved.info.session)
         return self.s.json(

@@ -71,19 +71,29 @@ class Service:
 
     # sessions
 
-    async def resolve(self, request: Request, *, refresh: bool = True) -> Resolved:
-        """Find the request's session (Bearer first, then cookie), slide its expiry when due (reference 2.11)."""
+    async def resolve(self, request: Request, *, refresh: bool = True, cached: bool = False) -> Resolved:
+        """Find the request's session (Bearer first, then cookie), slide its expiry when due (reference 2.11).
+
+        ``cached``: a read-only caller (``/token``, ``/get-session``, the pages) may be answered from the store's
+        short-lived session copy; a copy that would lead to a write (expired, refresh due) is read again first."""
         presented = cookies.presented_token(
             self.secret, self.cookie_names, request.headers.get("authorization"), request.headers.get("cookie")
         )
         if presented is None or presented.token is None:
             return Resolved(None)
-        found = await self.store.find_session(presented.token)
+        now_ms = self.store.now_ms()
+        found = self.store.cached_session(presented.token) if cached else None
+        if found is not None:
+            session = found[0]
+            if session.expires_at <= now_ms or (refresh and session.remember and self._refresh_due(session, now_ms)):
+                found = None
+        if found is None:
+            found = await self.store.find_session(presented.token)
+            now_ms = self.store.now_ms()
         clearing = cookies.clearing_cookies(self.cookie_names)
         if found is None:
             return Resolved(None, clearing)
         session, user = found
-        now_ms = self.store.now_ms()
         if session.expires_at <= now_ms:
             await self.store.delete_expired_session(session)
             return Resolved(None, clearing)
@@ -91,23 +101,25 @@ class Service:
         remembered = session.remember and not cookies.dont_remember(
             self.secret, self.cookie_names, request.headers.get("cookie")
         )
-        expires_in = self.config.session_expires_in
-        due = session.expires_at - expires_in * 1000 + self.config.session_update_age * 1000 <= now_ms
-        if refresh and remembered and due:
-            session = await self.store.extend_session(session, expires_in)
+        if refresh and remembered and self._refresh_due(session, now_ms):
+            session = await self.store.extend_session(session, self.config.session_expires_in)
             info = SessionInfo(session, user, presented.token)
             return Resolved(info, self.session_cookies(presented.token, remember=True), refreshed=True)
         return Resolved(info)
 
-    async def require(self, request: Request) -> Resolved:
-        resolved = await self.resolve(request)
+    def _refresh_due(self, session: Session, now_ms: int) -> bool:
+        config = self.config
+        return session.expires_at - config.session_expires_in * 1000 + config.session_update_age * 1000 <= now_ms
+
+    async def require(self, request: Request, *, cached: bool = False) -> Resolved:
+        resolved = await self.resolve(request, cached=cached)
         if resolved.info is None:
             raise Unauthorized([("set-cookie", value) for value in resolved.set_cookies])
         return resolved
 
     async def current_session(self, request: Request) -> SessionInfo | None:
         """For page handlers: the request's live session, or None. Never refreshes or sets cookies."""
-        return (await self.resolve(request, refresh=False)).info
+        return (await self.resolve(request, refresh=False, cached=True)).info
 
     def session_cookies(self, token: str, *, remember: bool) -> list[str]:
         return cookies.session_cookies(self.cookie_names, self.secret, token, self.config.session_expires_in, remember)

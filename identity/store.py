@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from identity.ids import generate_id
 from identity.keyring import RETIRE_MARGIN
 from identity.models import revocations, sessions, users
+from identity.sessioncache import SessionCache
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
 #: Rows newer than this are re-sent on every poll: on PostgreSQL a transaction may commit after one with a
@@ -142,10 +143,15 @@ _USER_COLUMNS = [c.label(f"u_{c.name}") for c in users.c]
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], float], jwt_ttl: int) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Callable[[], float], jwt_ttl: int, *, session_cache_ms: int = 0
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._jwt_ttl = jwt_ttl
+        # Every method below that ends or changes a session or user drops it here (sessioncache.py says why
+        # a short TTL is safe across replicas).
+        self.session_cache = SessionCache(session_cache_ms / 1000, clock)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -180,10 +186,12 @@ class Store:
         return user
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        self.session_cache.drop_user(user_id)
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(users).where(users.c.id == user_id).values(password_hash=password_hash, updated_at=self.now_ms())
             )
+        self.session_cache.drop_user(user_id)
 
     # sessions
 
@@ -209,12 +217,19 @@ class Store:
             )
         return session, token
 
+    def cached_session(self, token: str) -> tuple[Session, User] | None:
+        """What :meth:`find_session` returned for this token at most ``IDENTITY_SESSION_CACHE_MS`` ago, if nothing
+        in this process ended or changed it since. For read-only callers."""
+        return self.session_cache.get(token_hash(token))
+
     async def find_session(self, token: str) -> tuple[Session, User] | None:
-        """The session and its user for a token, expired or not (callers decide)."""
+        """The session and its user for a token, expired or not (callers decide), from the database."""
+        key = token_hash(token)
+        generation = self.session_cache.generation
         query = (
             select(*_SESSION_COLUMNS, *_USER_COLUMNS)
             .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
-            .where(sessions.c.token_hash == token_hash(token))
+            .where(sessions.c.token_hash == key)
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -231,7 +246,9 @@ class Store:
             m["u_updated_at"],
             m["u_password_hash"],
         )
-        return _session(row), user
+        session = _session(row)
+        self.session_cache.put(key, session, user, generation)
+        return session, user
 
     async def extend_session(self, session: Session, expires_in: int) -> Session:
         now = self.now_ms()
@@ -240,6 +257,7 @@ class Store:
             await conn.execute(
                 update(sessions).where(sessions.c.id == session.id).values(expires_at=expires_at, updated_at=now)
             )
+        self.session_cache.drop_sessions([session.id])
         return Session(
             session.id,
             session.user_id,
@@ -275,6 +293,8 @@ class Store:
         targets = list(targets)
         if not targets:
             return 0
+        ids = [s.id for s in targets]
+        self.session_cache.drop_sessions(ids)
         now = self.now_ms()
         keep_ms = (self._jwt_ttl + RETIRE_MARGIN) * 1000
         feed = [
@@ -283,16 +303,19 @@ class Store:
             if min(s.expires_at, now) + keep_ms > now
         ]
         async with self._engine.begin() as conn:
-            result = await conn.execute(delete(sessions).where(sessions.c.id.in_([s.id for s in targets])))
+            result = await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
             if feed:
                 await conn.execute(insert(revocations), feed)
             await conn.execute(delete(revocations).where(revocations.c.expires_at <= now))
+        # Again after the commit: a lookup that read the row while this transaction ran must not serve it.
+        self.session_cache.drop_sessions(ids)
         return int(result.rowcount or 0)
 
     async def delete_expired_session(self, session: Session) -> None:
         """A session found past its expiry: removed without a feed entry (its JWTs expire on their own)."""
         async with self._engine.begin() as conn:
             await conn.execute(delete(sessions).where(sessions.c.id == session.id))
+        self.session_cache.drop_sessions([session.id])
 
     async def user_sessions(self, user_id: str) -> list[Session]:
         async with self._engine.connect() as conn:
