@@ -5,12 +5,15 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +22,7 @@ from gateway.config import RouteConfig
 from gateway.errors import Forbidden, InvalidRequest, InvalidToken, ServiceUnavailable
 from gateway.jwks import JwksCache
 from gateway.routing import RouteMatch
-from gateway.tokens import Claims, TokenVerifier, _header_safe, authorize, extract_bearer
+from gateway.tokens import Claims, TokenVerifier, _ed25519_valid, _header_safe, authorize, extract_bearer
 from tests.gateway.conftest import (
     AUDIENCE,
     DROP,
@@ -625,3 +628,61 @@ AUTHORIZATION_VALUES = st.tuples(SCHEMES, SEPARATORS, st.lists(CREDENTIAL_PIECES
 def test_extract_bearer_agrees_with_the_reference(values: list[bytes]) -> None:
     headers = [(b"Authorization", value) for value in values]
     assert _outcome(extract_bearer, headers) == _outcome(_reference_bearer, headers)
+
+
+# --- Ed25519 through libsodium -----------------------------------------------------------------------------------
+
+_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, the order of the Ed25519 base point
+
+
+def _cryptography_verdict(public: Any, signed: bytes, signature: bytes) -> bool:
+    try:
+        public.verify(signature, signed)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_libsodium_and_cryptography_give_the_same_ed25519_verdicts() -> None:
+    """Valid, bit-flipped, non-canonical (S + L), truncated, extended and random signatures: both libraries say
+    the same, so moving Ed25519 to libsodium changed no outcome."""
+    for index in range(60):
+        private = ed25519.Ed25519PrivateKey.generate()
+        public = private.public_key()
+        raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        signed = f"header.payload-{index}".encode() * (index % 5 + 1)
+        signature = private.sign(signed)
+        s = int.from_bytes(signature[32:], "little")
+        variants = [
+            signature,
+            bytes([signature[0] ^ 1]) + signature[1:],
+            signature[:40] + bytes([signature[40] ^ 0x80]) + signature[41:],
+            signature[:32] + (s + _ORDER).to_bytes(32, "little"),
+            signature[:63],
+            signature + b"\x00",
+            bytes(64),
+            os.urandom(64),
+        ]
+        for variant in variants:
+            expected = _cryptography_verdict(public, signed, variant)
+            assert _ed25519_valid(raw, signed, variant) is expected
+        assert _ed25519_valid(raw, signed + b"x", signature) is False
+        assert _ed25519_valid(raw, signed, signature) is True
+
+
+async def test_ed448_keys_are_still_verified_through_pyjwt() -> None:
+    private = ed448.Ed448PrivateKey.generate()
+    jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"alg": "EdDSA", "use": "sig", "kid": "ed448"})
+    key = SigningKey(alg="EdDSA", kid="ed448", private_key=private, jwk=jwk)
+    endpoint = JwksEndpoint()
+    endpoint.serve(key)
+    async with endpoint.client() as client:
+        keys = JwksCache([issuer_config()], client, clock=FakeClock())
+        await keys.start(refresh_interval=None)
+        verifier = TokenVerifier([issuer_config()], keys, clock=FakeClock(NOW))
+        token = mint(key, now=NOW)
+        assert (await verifier.verify(token)).sub == SUBJECT
+        with pytest.raises(InvalidToken) as caught:
+            await verifier.verify(tamper_signature(mint(key, now=NOW, jti="2")))
+        assert caught.value.reason == "bad_signature"
