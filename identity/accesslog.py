@@ -35,15 +35,16 @@ class AccessLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             client = scope.get("client")
-            logger.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
-                        "peer": client[0] if client else None,
-                    },
-                    separators=(",", ":"),
-                )
-            )
+            ms = round((time.perf_counter() - started) * 1000, 2)
+            peer = _quote(client[0]) if client else "null"
+            method, path = _quote(scope["method"]), _quote(scope["path"])
+            line = f'{{"method":{method},"path":{path},"status":{status},"ms":{ms},"peer":{peer}}}'
+            # The record built directly: Logger.info would also walk the stack for a caller nobody reads.
+            logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, (), None))
+
+
+def _quote(text: str) -> str:
+    """A JSON string; json.dumps only when something needs escaping (most paths need none)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)

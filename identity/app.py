@@ -20,11 +20,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.types import ASGIApp
 
 from identity.accesslog import AccessLog
 from identity.config import Config, load_config
 from identity.db import UNAVAILABLE, create_engine, head_revision, schema_is_current
-from identity.endpoints import AuthEndpoints
+from identity.endpoints import AuthEndpoints, Jwks
 from identity.errors import IdentityError, handle_database_error, handle_identity_error, handle_route_miss
 from identity.keyring import KeyRing
 from identity.pages import page_routes
@@ -33,7 +34,7 @@ from identity.service import Service
 from identity.session_endpoints import SessionEndpoints
 from identity.store import Store
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]] | ASGIApp
 
 
 def _route(path: str, endpoint: Endpoint, method: str) -> Route:
@@ -53,7 +54,7 @@ def auth_routes(service: Service) -> list[BaseRoute]:
         _route("/get-session", auth.get_session, "GET"),
         _route("/get-session", auth.get_session, "POST"),  # answers 405 as Better Auth does
         _route("/token", auth.token, "GET"),
-        _route("/jwks", auth.jwks, "GET"),
+        _route("/jwks", Jwks(service.keyring), "GET"),
         _route("/ok", auth.ok, "GET"),
         _route("/list-sessions", manage.list_sessions, "GET"),
         _route("/revoke-session", manage.revoke_session, "POST"),

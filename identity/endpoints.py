@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from identity import bodies, cookies, origin
 from identity.errors import IdentityError, bad_request
+from identity.keyring import KeyRing
 from identity.service import Service, check
 from identity.store import UserExists
 
@@ -152,12 +154,30 @@ class AuthEndpoints:
             auth_token=resolved.info.token if resolved.refreshed else None,
         )
 
-    async def jwks(self, request: Request) -> Response:
-        body = await self.s.keyring.jwks()
-        return Response(body, media_type="application/json", headers={"cache-control": JWKS_CACHE_CONTROL})
-
     async def ok(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
+
+
+class Jwks:
+    """``GET /jwks`` as a bare ASGI app: the body changes only with the published keys (the key ring serializes it
+    once per key set), so the header list is rebuilt only when the body object changes and sent as-is otherwise."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+        self._body = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self._keyring.jwks()
+        if body is not self._body:
+            self._headers = [
+                (b"cache-control", JWKS_CACHE_CONTROL.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
+            ]
+            self._body = body
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _user_agent(request: Request) -> str:

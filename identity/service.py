@@ -50,6 +50,8 @@ class Service:
         window = config.rate_limit_window
         self.address_limiter = RateLimiter(config.rate_limit_per_address, window, clock)
         self.account_limiter = RateLimiter(config.rate_limit_per_account, window, clock)
+        self._jwt_second = -1
+        self._jwt_memo: dict[tuple[str, str, User], str] = {}
 
     # client and limits
 
@@ -90,13 +92,12 @@ class Service:
         if found is None:
             found = await self.store.find_session(presented.token)
             now_ms = self.store.now_ms()
-        clearing = cookies.clearing_cookies(self.cookie_names)
         if found is None:
-            return Resolved(None, clearing)
+            return Resolved(None, cookies.clearing_cookies(self.cookie_names))
         session, user = found
         if session.expires_at <= now_ms:
             await self.store.delete_expired_session(session)
-            return Resolved(None, clearing)
+            return Resolved(None, cookies.clearing_cookies(self.cookie_names))
         info = SessionInfo(session, user, presented.token)
         remembered = session.remember and not cookies.dont_remember(
             self.secret, self.cookie_names, request.headers.get("cookie")
@@ -126,10 +127,19 @@ class Service:
 
     async def jwt_for(self, user: User, session: Session) -> str:
         key = await self.keyring.signing_key()
-        claims = tokens.claims_for(
-            user.public(), session.id, int(self.clock()), self.config.jwt_ttl, self.config.origin
-        )
-        return tokens.mint(key, claims)
+        now = int(self.clock())
+        # Within one second the claims of a (session, user) are the same, so is the JWT (EdDSA and RS256 are
+        # deterministic; a fresh ES256 signature would differ but verify the same): sign once per second.
+        # Only reached after the session was found live; the memo holds one second's worth of entries.
+        if now != self._jwt_second:
+            self._jwt_memo.clear()
+            self._jwt_second = now
+        memo_key = (key.kid, session.id, user)
+        jwt = self._jwt_memo.get(memo_key)
+        if jwt is None:
+            claims = tokens.claims_for(user.public(), session.id, now, self.config.jwt_ttl, self.config.origin)
+            jwt = self._jwt_memo[memo_key] = tokens.mint(key, claims)
+        return jwt
 
     # responses
 
