@@ -49,7 +49,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def create_engine(database_url: str) -> AsyncEngine:
     database_url = normalize_url(database_url)
     _prepare_sqlite_path(database_url)
-    engine = create_async_engine(database_url, pool_pre_ping=True)
+    # pool_pre_ping lets a pool survive a PostgreSQL restart; a local SQLite file never drops a connection,
+    # and the ping would cost a worker-thread round trip on every checkout (bench/README.md, identity profile).
+    sqlite = make_url(database_url).get_backend_name() == "sqlite"
+    engine = create_async_engine(database_url, pool_pre_ping=not sqlite)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
