@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     source = source_state()  # the services are started from this tree in a moment
     print(f"{started:%Y-%m-%d %H:%M:%S %Z}  {command}")
     print(f"code: {source}")
-    print(f"load average at start: {' '.join(f'{value:.2f}' for value in procs.loadavg())}  (CPUs: {os.cpu_count()})")
+    start_load = procs.loadavg()
+    print(f"load average at start: {' '.join(f'{value:.2f}' for value in start_load)}  (CPUs: {os.cpu_count()})")
 
     install = not args.no_install
     try:
@@ -250,13 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"configs and logs kept in {work}", file=sys.stderr)
 
-    write_outputs(args, started, command, source, where.note, loads, runs, sign_ins, bursts, profiles)
+    write_outputs(args, started, start_load, command, source, where.note, loads, runs, sign_ins, bursts, profiles)
     return 0
 
 
 def write_outputs(
     args: argparse.Namespace,
     started: dt.datetime,
+    start_load: tuple[float, float, float],
     command: str,
     source: str,
     placement: str,
@@ -274,7 +276,7 @@ def write_outputs(
         "finished": finished.isoformat(timespec="seconds"),
         "command": command,
         "machine": machine(),
-        "load_average_start_end": [loads[0]["loadavg"] if loads else None, procs.loadavg()],
+        "load_average_start_end": [start_load, procs.loadavg()],
         "load_average_per_round": loads,
         "placement": placement,
         "source": source,
