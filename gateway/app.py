@@ -206,7 +206,9 @@ class Gateway:
                     token = extract_bearer(scope["headers"])
                     if token is None:
                         raise MissingToken()
-                    claims = await self.verifier.verify(token)
+                    claims = self.verifier.verify_cached(token)  # a cache hit costs no coroutine
+                    if claims is None:
+                        claims = await self.verifier.verify(token)
                     authorize(match, claims)  # per-route issuers, owner: {user_id} == sub exactly, required claims
                 except GatewayError as exc:
                     record.auth, record.reason = _auth_outcome(exc)

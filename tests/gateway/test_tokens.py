@@ -686,3 +686,21 @@ async def test_ed448_keys_are_still_verified_through_pyjwt() -> None:
         with pytest.raises(InvalidToken) as caught:
             await verifier.verify(tamper_signature(mint(key, now=NOW, jti="2")))
         assert caught.value.reason == "bad_signature"
+
+
+async def test_verify_cached_answers_only_for_tokens_verified_before(setup: Setup) -> None:
+    token = setup.mint(sid="s-1")
+    assert setup.verifier.verify_cached(token) is None
+    assert (setup.verifier.hits, setup.verifier.misses) == (0, 0)
+    claims = await setup.verifier.verify(token)
+    assert setup.verifier.verify_cached(token) == claims
+    assert (setup.verifier.hits, setup.verifier.misses) == (1, 1)
+    with pytest.raises(InvalidToken) as caught:
+        setup.verifier.verify_cached("x" * 9000)
+    assert caught.value.reason == "oversized"
+    revoked = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, is_revoked=lambda c: True)
+    await setup.verifier.verify(token)
+    revoked._cache = setup.verifier._cache  # the same cached verification, now with a revocation list that has it
+    with pytest.raises(InvalidToken) as caught:
+        revoked.verify_cached(token)
+    assert caught.value.reason == "revoked"
