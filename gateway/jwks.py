@@ -45,6 +45,7 @@ import jwt
 
 from gateway.config import IssuerConfig
 from gateway.errors import InvalidToken, ServiceUnavailable
+from gateway.fetch import FetchError, bounded_get
 
 logger = logging.getLogger("gateway.jwks")
 
@@ -386,38 +387,13 @@ class JwksCache:
 
     async def _download(self, config: IssuerConfig) -> tuple[bytes, str | None]:
         try:
-            async with asyncio.timeout(config.jwks_timeout):
-                request = self._client.build_request(
-                    "GET",
-                    config.jwks_url,
-                    headers={"accept": "application/jwk-set+json, application/json"},
-                    timeout=config.jwks_timeout,
-                )
-                response = await self._client.send(request, stream=True, follow_redirects=False)
-                try:
-                    if response.status_code != 200:
-                        raise JwksFetchError("error", f"HTTP {response.status_code}")
-                    declared = response.headers.get("content-length", "")
-                    # isascii: httpx reads byte 0xb2 as "²", for which str.isdigit() is true and int() fails.
-                    if declared.isascii() and declared.isdigit() and int(declared) > config.jwks_max_bytes:
-                        raise JwksFetchError("too_large", f"Content-Length {declared} over the cap")
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > config.jwks_max_bytes:
-                            raise JwksFetchError("too_large", f"body over {config.jwks_max_bytes} bytes")
-                        chunks.append(chunk)
-                    return b"".join(chunks), response.headers.get("cache-control")
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise JwksFetchError("timeout", f"no complete answer within {config.jwks_timeout:g}s") from None
-        except httpx.TimeoutException:
-            raise JwksFetchError("timeout", "timed out") from None
-        except httpx.HTTPError as exc:
-            raise JwksFetchError("error", f"{type(exc).__name__}: {exc}") from None
-        except JwksFetchError:
-            raise
-        except Exception as exc:  # a closed client, an invalid URL, a transport bug: a failed fetch, not a crash
-            raise JwksFetchError("error", f"{type(exc).__name__}: {exc}") from None
+            body, headers = await bounded_get(
+                self._client,
+                config.jwks_url,
+                deadline=config.jwks_timeout,
+                max_bytes=config.jwks_max_bytes,
+                headers={"accept": "application/jwk-set+json, application/json"},
+            )
+        except FetchError as exc:
+            raise JwksFetchError(exc.outcome, exc.message) from None
+        return body, headers.get("cache-control")

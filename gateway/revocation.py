@@ -47,6 +47,7 @@ import httpx
 
 from gateway.config import IssuerConfig
 from gateway.errors import ServiceUnavailable
+from gateway.fetch import FetchError, bounded_get
 from gateway.tokens import Claims
 
 logger = logging.getLogger("gateway.revocation")
@@ -279,44 +280,18 @@ class RevocationFeed:
 
     async def _download(self, feed: _Feed) -> bytes:
         config = feed.config
-        limit = config.revocation_max_bytes
+        headers = {"accept": "application/json", "cache-control": "no-cache"}
+        if config.revocation_token is not None:  # identity's IDENTITY_REVOCATION_FEED_TOKEN
+            headers["authorization"] = f"Bearer {config.revocation_token}"
         try:
-            async with asyncio.timeout(config.revocation_timeout):
-                headers = {"accept": "application/json", "cache-control": "no-cache"}
-                if config.revocation_token is not None:  # identity's IDENTITY_REVOCATION_FEED_TOKEN
-                    headers["authorization"] = f"Bearer {config.revocation_token}"
-                request = self._client.build_request(
-                    "GET",
-                    feed.url,
-                    params={"since": feed.cursor} if feed.cursor is not None else None,
-                    headers=headers,
-                    timeout=config.revocation_timeout,
-                )
-                response = await self._client.send(request, stream=True, follow_redirects=False)
-                try:
-                    if response.status_code != 200:
-                        raise FeedError("error", f"HTTP {response.status_code}")
-                    declared = response.headers.get("content-length", "")
-                    # isascii: httpx reads byte 0xb2 as "²", for which str.isdigit() is true and int() fails.
-                    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-                        raise FeedError("too_large", f"Content-Length {declared} over the cap")
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise FeedError("too_large", f"body over {limit} bytes")
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise FeedError("timeout", f"no complete answer within {config.revocation_timeout:g}s") from None
-        except httpx.TimeoutException:
-            raise FeedError("timeout", "timed out") from None
-        except httpx.HTTPError as exc:
-            raise FeedError("error", f"{type(exc).__name__}: {exc}") from None
-        except FeedError:
-            raise
-        except Exception as exc:  # a closed client, an invalid URL, a transport bug: a failed poll, not a crash
-            raise FeedError("error", f"{type(exc).__name__}: {exc}") from None
+            body, _ = await bounded_get(
+                self._client,
+                feed.url,
+                deadline=config.revocation_timeout,
+                max_bytes=config.revocation_max_bytes,
+                headers=headers,
+                params={"since": feed.cursor} if feed.cursor is not None else None,
+            )
+        except FetchError as exc:
+            raise FeedError(exc.outcome, exc.message) from None
+        return body
