@@ -62,6 +62,11 @@ class _Origin:
         self.host_header = parts.netloc.encode("idna")
 
 
+def _pool_timeout(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(ServiceUnavailable("no upstream connection available in time"))
+
+
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(GatewayTimeout())
@@ -449,14 +454,14 @@ class HttptoolsUpstream:
                 return await self._connect(key, origin, deadline - loop.time())
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            timer = loop.call_later(max(0.0, deadline - loop.time()), waiter.cancel)
+            # The timer fails the waiter itself: telling "our timer" from "cancelled from outside" by comparing
+            # loop.time() with the deadline misfired, since uvloop may run a timer up to a millisecond early.
+            timer = loop.call_later(max(0.0, deadline - loop.time()), _pool_timeout, waiter)
             try:
                 await waiter
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, ServiceUnavailable):
                 self._wake_one()  # a wake-up this waiter can no longer use goes to the next one
-                if loop.time() < deadline:
-                    raise  # cancelled from outside, not our timer
-                raise ServiceUnavailable("no upstream connection available in time") from None
+                raise
             finally:
                 timer.cancel()
                 if waiter in self._waiters:
