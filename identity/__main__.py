@@ -30,6 +30,7 @@ ENVIRONMENT_HELP = """environment variables (defaults in parentheses; see identi
   IDENTITY_RATE_LIMIT_PER_ADDRESS (10) sign-in/sign-up/change-password requests per window per address
   IDENTITY_RATE_LIMIT_PER_ACCOUNT (5) attempts per window per email address
   IDENTITY_HASH_CONCURRENCY    (CPUs - 1, at least 1) password hashes running at once
+  IDENTITY_HASH_NICE           (10) nice increment of the hashing threads (Linux, 0..19, 0 = off)
   IDENTITY_REVOCATION_FEED_TOKEN (empty: public) >= 32 chars; GET /api/auth/revocations then needs
                                "Authorization: Bearer <token>" (else an empty 404); give gateways the same value
   IDENTITY_SESSION_CACHE_MS    (1000) ms /token and /get-session may reuse a looked-up session (0..5000, 0 = off)

@@ -79,7 +79,7 @@ def create_app(
         config,
         Store(db, now, config.jwt_ttl, session_cache_ms=config.session_cache_ms),
         KeyRing(db, config, now),
-        Passwords(password_hasher or strong_hasher(), config.hash_concurrency),
+        Passwords(password_hasher or strong_hasher(), config.hash_concurrency, config.hash_nice),
         now,
     )
     head = head_revision()
@@ -101,6 +101,7 @@ def create_app(
         try:
             yield
         finally:
+            service.passwords.close()
             if owns_engine:
                 await db.dispose()
 

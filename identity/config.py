@@ -26,6 +26,9 @@ Every setting, its default and its meaning (the README copies this table):
 ``IDENTITY_RATE_LIMIT_PER_ACCOUNT`` default ``5``: attempts per window per email address.
 ``IDENTITY_HASH_CONCURRENCY``  default ``max(1, CPUs - 1)``: password hashes running at once, so a burst of
                                sign-ins leaves a core to the event loop (issue 3, Speed).
+``IDENTITY_HASH_NICE``         default ``10`` (0..19; 0 turns it off): how much the hashing threads lower their own
+                               priority (Linux nice, per thread), so requests win the CPU over a burst of
+                               sign-ins and the sign-ins absorb the wait (issue 7; passwords.py).
 ``IDENTITY_REVOCATION_FEED_TOKEN`` default empty. When set (at least 32 visible ASCII characters), the revocation
                                feed ``GET /api/auth/revocations`` answers only requests with ``Authorization:
                                Bearer <token>`` (compared in constant time) and is an empty 404, like any unknown
@@ -89,6 +92,7 @@ class Config:
     hash_concurrency: int
     revocation_feed_token: str | None = field(default=None, repr=False)
     session_cache_ms: int = 1000
+    hash_nice: int = 10
     # Better Auth's session settings (reference 2.11); not configurable, listed here so code reads them by name.
     session_expires_in: int = 7 * 24 * 3600
     session_update_age: int = 24 * 3600
@@ -237,6 +241,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ),
         revocation_feed_token=feed_token,
         session_cache_ms=_int(environ, "IDENTITY_SESSION_CACHE_MS", 1000, 0, 5000, problems),
+        hash_nice=_int(environ, "IDENTITY_HASH_NICE", 10, 0, 19, problems),
     )
     if problems:
         raise ConfigError(problems)
