@@ -1,9 +1,11 @@
 """``python -m gateway``: validate the configuration, then run the gateway under uvicorn.
 
 Exit status 2 when the configuration is missing or invalid (every problem is printed), so the gateway never runs
-open. ``--workers N`` > 1 runs N uvicorn worker processes; each loads the configuration again from
-``GATEWAY_CONFIG`` (set here to the file that was validated), and ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a
-fresh temporary directory (removed at exit) unless already set, so metrics are summed over workers.
+open. ``--workers N`` > 1 runs N uvicorn worker processes (on Linux each with a SO_REUSEPORT listener of its own,
+gateway/supervisor.py); each loads the configuration again from ``GATEWAY_CONFIG`` (set here to the file that was
+validated), and ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a fresh temporary directory (removed at exit) unless
+already set, so metrics are summed over workers. Exit status 3 when the workers cannot start (the port is taken,
+or workers fail at start).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from gateway import supervisor
 from gateway.coalescing import CoalescingTransport
 
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -366,11 +369,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         created = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ[MULTIPROC_ENV] = created
     try:
-        uvicorn.run("gateway.__main__:worker_app", factory=True, workers=args.workers, **options)
+        if not supervisor.available():  # no SO_REUSEPORT: uvicorn's supervisor, one socket shared by every worker
+            uvicorn.run("gateway.__main__:worker_app", factory=True, workers=args.workers, **options)
+            return 0
+        server_config = uvicorn.Config("gateway.__main__:worker_app", factory=True, **options)
+        return supervisor.Supervisor(server_config, args.workers).run()
     finally:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
