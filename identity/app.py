@@ -17,10 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from identity.accesslog import AccessLog
 from identity.config import Config, load_config
@@ -35,6 +36,7 @@ from identity.session_endpoints import SessionEndpoints
 from identity.store import Store
 
 Endpoint = Callable[[Request], Awaitable[Response]] | ASGIApp
+JWKS_PATH = "/api/auth/jwks"
 
 
 def _route(path: str, endpoint: Endpoint, method: str) -> Route:
@@ -63,6 +65,28 @@ def auth_routes(service: Service) -> list[BaseRoute]:
         _route("/change-password", manage.change_password, "POST"),
         _route("/revocations", manage.revocations, "GET"),
     ]
+
+
+class JwksFirst:
+    """``GET /api/auth/jwks``, the endpoint every verifier polls, sent straight to its endpoint past the router
+    (issue 7). It sits inside the access log, so the line is still written, and the endpoint keeps the app's
+    exception handlers (a database outage is still a 503). Any other method or path, or a ``root_path``, takes
+    the normal route (HEAD and POST there get Better Auth's empty 404)."""
+
+    def __init__(self, app: ASGIApp, jwks: ASGIApp) -> None:
+        self.app = app
+        self.jwks = jwks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == JWKS_PATH
+            and scope["method"] == "GET"
+            and not scope.get("root_path")
+        ):
+            await self.jwks(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def create_app(
@@ -112,17 +136,19 @@ def create_app(
         Mount("/api/auth", app=Router(auth_routes(service), redirect_slashes=False)),
     ]
     routes.extend(page_routes())  # the web pages (issue 6): /, /signup, /login, /tasks, /assets/*
+    handlers: dict[int | type[Exception], ExceptionHandler] = {
+        IdentityError: handle_identity_error,
+        404: handle_route_miss,
+        405: handle_route_miss,
+        SQLAlchemyError: handle_database_error,  # looked up along the MRO: DBAPIError and the rest
+        **dict.fromkeys(UNAVAILABLE, handle_database_error),
+    }
+    jwks = ExceptionMiddleware(Jwks(service.keyring), handlers=handlers)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog)],
-        exception_handlers={
-            IdentityError: handle_identity_error,
-            404: handle_route_miss,
-            405: handle_route_miss,
-            SQLAlchemyError: handle_database_error,  # looked up along the MRO: DBAPIError and the rest
-            **dict.fromkeys(UNAVAILABLE, handle_database_error),
-        },
+        middleware=[Middleware(AccessLog), Middleware(JwksFirst, jwks=jwks)],
+        exception_handlers=handlers,
     )
     app.router.redirect_slashes = False
     app.state.identity = service
