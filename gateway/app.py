@@ -250,6 +250,7 @@ class Gateway:
                 target=target,
                 headers=forwarded,
                 max_body_bytes=route.max_body_bytes,
+                min_body_rate=route.min_body_rate,
                 timeouts=upstream.timeouts,
                 request_id=request_id,
                 receive=receive,

@@ -12,6 +12,10 @@ configuration it does not fully understand, so an unknown key anywhere is an err
     timeout = 30.0                    # default upstream response timeout, seconds (a route's `timeout`)
     connect_timeout = 5.0             # default upstream connect timeout, seconds
     max_body_bytes = 10485760         # default request body limit, bytes (0 = unlimited)
+    min_body_rate = 500               # default minimum request body rate, bytes/s, once `timeout` has passed
+                                      # (0 = off): the body must arrive by timeout + received / min_body_rate
+                                      # seconds after it started, as Apache mod_reqtimeout's MinRate (a body
+                                      # trickled a byte at a time never trips the idle timeout alone)
 
     [health]                          # optional; paths the gateway answers itself, before any route
     livez_path = "/livez"
@@ -57,6 +61,7 @@ configuration it does not fully understand, so an unknown key anywhere is an err
     timeout = 30.0                    # optional; default [server].timeout
     connect_timeout = 5.0             # optional; default [server].connect_timeout
     max_body_bytes = 10485760         # optional; default [server].max_body_bytes (0 = unlimited)
+    min_body_rate = 500               # optional; default [server].min_body_rate (0 = off)
     forward_token = false             # optional; forward the client's Authorization header upstream.
                                       # Default: true on public routes (the gateway does not consume it
                                       # there), false on authenticated/owner routes.
@@ -139,6 +144,7 @@ class RouteConfig:
     timeout: float = 30.0
     connect_timeout: float = 5.0
     max_body_bytes: int | None = 10_485_760
+    min_body_rate: int | None = 500
     forward_token: bool = False
     required_claims: Mapping[str, ClaimValue] = field(default_factory=dict)
 
@@ -424,6 +430,7 @@ class _RouteDefaults:
     timeout: float
     connect_timeout: float
     max_body_bytes: int
+    min_body_rate: int
 
 
 def _methods(reader: _Reader) -> tuple[str, ...] | None:
@@ -491,6 +498,7 @@ def _route(
     timeout = reader.number("timeout", defaults.timeout, low=0.001, high=3600)
     connect_timeout = reader.number("connect_timeout", defaults.connect_timeout, low=0.001, high=600)
     max_body = reader.integer("max_body_bytes", defaults.max_body_bytes, low=0, high=2**53)
+    min_rate = reader.integer("min_body_rate", defaults.min_body_rate, low=0, high=2**40)
     forward_token = reader.boolean("forward_token", auth == "public")
     required_claims = _required_claims(reader)
     if required_claims and auth == "public":
@@ -507,6 +515,7 @@ def _route(
         timeout=timeout,
         connect_timeout=connect_timeout,
         max_body_bytes=max_body or None,
+        min_body_rate=min_rate or None,
         forward_token=forward_token,
         required_claims=required_claims,
     )
@@ -560,6 +569,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Gateway
         timeout=server.number("timeout", 30.0, low=0.001, high=3600),
         connect_timeout=server.number("connect_timeout", 5.0, low=0.001, high=600),
         max_body_bytes=server.integer("max_body_bytes", 10_485_760, low=0, high=2**53),
+        min_body_rate=server.integer("min_body_rate", 500, low=0, high=2**40),
     )
     server.finish()
 

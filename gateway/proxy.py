@@ -3,7 +3,10 @@
 The request body is read from ASGI ``receive`` as the upstream client asks for it; ``max_body_bytes`` is
 enforced on the declared ``Content-Length`` before anything is sent and on the bytes counted while streaming
 (a chunked body has no declared length); a client that sends no body bytes for the route's ``timeout`` gets a
-408. The response head goes out as soon as the upstream's arrives, each raw chunk as soon as it is read, and the
+408, and so does one trickling its body slower than ``min_body_rate`` bytes per second once that ``timeout`` has
+passed (the body must be in by ``timeout + received / min_body_rate`` seconds after it started: Apache
+mod_reqtimeout's MinRate; an idle timeout alone never cuts off a client sending a byte every few seconds).
+The response head goes out as soon as the upstream's arrives, each raw chunk as soon as it is read, and the
 upstream response is closed in a ``finally`` (Starlette's ``background=`` would run only after a normal finish,
 STYLE.md).
 
@@ -40,16 +43,26 @@ class ClientDisconnected(Exception):
 
 
 async def _request_body(
-    receive: Receive, limit: int | None, idle: float, on_complete: Callable[[], None]
+    receive: Receive, limit: int | None, idle: float, min_rate: int | None, on_complete: Callable[[], None]
 ) -> AsyncIterator[bytes]:
     received = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
         # nginx's client_body_timeout: a client that sends nothing for ``idle`` seconds is given up on. No upstream
-        # timeout can catch it: the upstream waits for the body, and aiohttp's read timeout starts after it.
+        # timeout can catch it: the upstream waits for the body, and the upstream read timeout starts after it.
+        wait, slow = idle, False
+        if min_rate is not None:
+            left = started + idle + received / min_rate - loop.time()
+            if left <= 0:
+                raise RequestTimeout(f"request body slower than {min_rate} bytes/s")
+            wait, slow = (left, True) if left < idle else (idle, False)
         try:
-            async with asyncio.timeout(idle):
+            async with asyncio.timeout(wait):
                 message = await receive()
         except TimeoutError:
+            if slow:
+                raise RequestTimeout(f"request body slower than {min_rate} bytes/s") from None
             raise RequestTimeout(f"no request body bytes for {idle:g} s") from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected()
@@ -72,6 +85,7 @@ async def forward(
     target: bytes,
     headers: UpstreamHeaders,
     max_body_bytes: int | None,
+    min_body_rate: int | None = None,
     timeouts: Timeouts,
     request_id: str,
     receive: Receive,
@@ -108,7 +122,9 @@ async def forward(
         nonlocal timer
         timer = loop.call_later(WATCH_AFTER, start_watching)
 
-    body = _request_body(receive, max_body_bytes, timeouts.read, body_consumed) if headers.has_body else None
+    body = None
+    if headers.has_body:
+        body = _request_body(receive, max_body_bytes, timeouts.read, min_body_rate, body_consumed)
     if body is None:
         body_consumed()
     try:

@@ -90,6 +90,7 @@ def test_every_key_set() -> None:
                 "timeout": 7,
                 "connect_timeout": 1.5,
                 "max_body_bytes": 100,
+                "min_body_rate": 2000,
             },
             "health": {"livez_path": "/_/live", "readyz_path": "/_/ready", "metrics_path": ""},
             "proof": {"secret_env": "MY_SECRET"},
@@ -117,6 +118,7 @@ def test_every_key_set() -> None:
                     "timeout": 2,
                     "connect_timeout": 0.25,
                     "max_body_bytes": 0,
+                    "min_body_rate": 0,
                     "forward_token": True,
                     "required_claims": {"role": "admin", "level": 3},
                 },
@@ -133,6 +135,7 @@ def test_every_key_set() -> None:
     first, second = config.routes
     assert first.upstream == "https://up.example:8443"
     assert (first.timeout, first.connect_timeout, first.max_body_bytes) == (7.0, 1.5, 100)
+    assert (first.min_body_rate, second.min_body_rate) == (2000, None)  # the server default, and 0 = off
     assert first.forward_token is False and first.methods is None and first.issuers is None
     assert second.methods == ("PUT",)
     assert (second.timeout, second.connect_timeout, second.max_body_bytes) == (2.0, 0.25, None)
@@ -226,6 +229,10 @@ ROUTE1 = "routes__1__"
         pytest.param(base(**{ROUTE1 + "timeout": -1}), ENV, "timeout: must be between", id="timeout negative"),
         pytest.param(
             base(**{ROUTE1 + "max_body_bytes": 1.5}), ENV, "max_body_bytes: must be an integer", id="body float"
+        ),
+        pytest.param(base(**{ROUTE1 + "min_body_rate": -1}), ENV, "min_body_rate: must be between", id="rate negative"),
+        pytest.param(
+            base(**{ROUTE1 + "min_body_rate": 0.5}), ENV, "min_body_rate: must be an integer", id="rate float"
         ),
         pytest.param(base(**{ROUTE1 + "forward_token": "yes"}), ENV, "forward_token: must be true or false", id="bool"),
         pytest.param(base(**{ROUTE1 + "methods": ["get"]}), ENV, "upper-case HTTP method", id="lower-case method"),
