@@ -131,3 +131,36 @@ def test_worker_processes_are_summed(tmp_path):
     # The oldest keys any worker holds count: the age is from the earlier fetch.
     age = sample(text, "gateway_jwks_key_age_seconds", issuer="iss")
     assert age is not None and 100 <= age < 130
+
+
+_FORKING_WORKER = textwrap.dedent(
+    """
+    import os
+    from gateway.metrics import Metrics
+    metrics = Metrics.from_environ(os.environ)
+    metrics.request("/r", 200, 0.01)  # the parent's file exists before the fork
+    child = os.fork()
+    if child == 0:  # a metric written after a fork goes to the child's own file, not into the parent's
+        metrics.request("/r", 200, 0.01)
+        metrics.request("/r", 200, 0.01)
+        os._exit(0)
+    os.waitpid(child, 0)
+    metrics.request("/r", 200, 0.01)
+    print(child)
+    """
+)
+
+
+def test_a_forked_worker_writes_its_own_file(tmp_path):
+    """The pid prometheus_client tells processes apart by is cached (no getpid per update, issue 7) and refreshed
+    in a forked child: parent and child keep separate files and the totals add up."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", _FORKING_WORKER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    child = int(result.stdout)
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert f"counter_{child}.db" in files and len([name for name in files if name.startswith("counter_")]) == 2
+    text = Metrics(multiprocess_dir=str(tmp_path)).render().decode()
+    assert sample(text, "gateway_requests_total", route="/r", status="200") == 4
