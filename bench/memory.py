@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROOF_ENV = "EDGE_PROOF_SECRET"
 #: growth allowed after the cache is full: the larger of these (bench/soak.py's rule)
 FLAT_FRACTION, FLAT_KIB = 0.10, 8 * 1024
+ALLOCATOR_ENV = ("MALLOC_", "GLIBC_TUNABLES", "PYTHONMALLOC")
 
 # args[1]: a file of "<path> <token>" lines; args[2]: how many of them to send, each once. wrk builds requests it never
 # sends: one before the run (script_verify_request calls request() on the first thread to count pipelined requests)
@@ -191,7 +192,8 @@ def render_markdown(meta: dict[str, Any], samples: list[dict[str, Any]], result:
     lines = [
         f"## Gateway RSS after {meta['tokens_sent']:,} distinct tokens ({meta['started']})",
         "",
-        f"- command: `{meta['command']}`; code: {meta['code']}",
+        f"- command: `{meta['command']}`; code: {meta['code']}"
+        + "".join(f"; {name}={value}" for name, value in meta.get("allocator_env", {}).items()),
         f"- gateway token_cache_size {meta['cache_size']:,}; one worker; {meta['placement']}",
         f"- load average (1 min) at start {meta['load_start'][0]:.2f}, at end {meta['load_end'][0]:.2f}",
         f"- verdict: {'flat' if result['flat'] else 'NOT flat' if result['flat'] is False else 'cannot tell'}"
@@ -310,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.memory " + shlex.join(sys.argv[1:] if argv is None else argv)
     meta: dict[str, Any] = {"started": f"{started:%Y-%m-%d %H:%M:%S %Z}", "command": command, "code": source_state()}
     meta["load_start"] = procs.loadavg()
+    # The allocator's settings decide part of the RSS curve (glibc's mmap threshold: see bench/README.md).
+    meta["allocator_env"] = {name: value for name, value in os.environ.items() if name.startswith(ALLOCATOR_ENV)}
     print(f"{meta['started']}  {command}\ncode: {meta['code']}\nload average: {meta['load_start']}", flush=True)
+    if meta["allocator_env"]:
+        print(f"allocator environment (the gateway inherits it): {meta['allocator_env']}")
     try:
         prereqs.ensure_debian_packages(install=not args.no_install)
     except prereqs.PrereqError as exc:
