@@ -6,10 +6,11 @@ with weaker parameters are upgraded on the next successful sign-in (``needs_reha
 Scheduling (issue 7): a hash costs ~25 ms of CPU. The hashes run in a pool of their own, ``concurrency`` threads,
 each of which raises its own nice value by ``nice`` when it starts. argon2-cffi releases the GIL while it hashes,
 so what the hashes and the request handling (the event loop thread, the SQLite thread) compete for is the CPU,
-and Linux's fair scheduler weighs a nice-0 thread against a nice-10 one about 10 to 1: during a burst of
-sign-ins the other endpoints keep their latency and the sign-ins absorb the wait; on an idle CPU a hash runs at
-full speed. On Linux ``setpriority(PRIO_PROCESS, tid)`` changes that one thread (setpriority(2), NOTES); on
-other systems it would renice the whole process, so there the increment is not applied.
+and Linux's fair scheduler weighs a nice-0 thread against a nice-10 one about 9 to 1 (weights 1024 and 110):
+during a burst of sign-ins the other endpoints keep their latency and the sign-ins absorb the wait; on an idle
+CPU a hash runs at full speed. On Linux the nice value is per thread and ``setpriority(PRIO_PROCESS, tid)``
+changes that one thread (getpriority(2), BUGS; pthreads(7)); elsewhere ``PRIO_PROCESS`` names a process, so
+there the increment is not applied.
 """
 
 from __future__ import annotations
