@@ -373,7 +373,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             uvicorn.run("gateway.__main__:worker_app", factory=True, workers=args.workers, **options)
             return 0
         server_config = uvicorn.Config("gateway.__main__:worker_app", factory=True, **options)
-        return supervisor.Supervisor(server_config, args.workers).run()
+        metrics_dir = os.environ[MULTIPROC_ENV]
+
+        def forget_worker(pid: int) -> None:
+            # A worker killed outright never ran its shutdown (Metrics.close): its live gauges, the key and
+            # revocation-list timestamps, would stay in the aggregate and age into false "stale keys" alarms.
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+        return supervisor.Supervisor(server_config, args.workers, on_exit=forget_worker).run()
     finally:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)

@@ -16,6 +16,7 @@ after a doubling delay otherwise. A worker that reports a startup failure (uvico
 or the socket is broken and would fail again), or ``MAX_QUICK_EXITS`` quick exits in a row, stop the gateway with
 ``STARTUP_FAILURE``. SIGINT/SIGTERM: SIGTERM to every worker (each stops accepting and finishes in-flight requests
 within its graceful timeout), SIGKILL to any still running ``KILL_MARGIN`` seconds after that; exit status 0.
+``on_exit(pid)`` is called for every worker that has ended, however it ended (the CLI drops its metrics there).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from types import FrameType
@@ -89,10 +91,18 @@ def serve(config: uvicorn.Config) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: uvicorn.Config, workers: int, *, restart_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        workers: int,
+        *,
+        restart_delay: float = 0.5,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.config = config
         self.count = workers
         self.restart_delay = restart_delay
+        self.on_exit = on_exit
         self.stopping = threading.Event()
 
     def run(self) -> int:
@@ -135,6 +145,7 @@ class Supervisor:
                 if process.is_alive() or self.stopping.is_set():
                     continue
                 process.join()
+                self._ended(process)
                 lived = time.monotonic() - started
                 if process.exitcode == STARTUP_FAILURE:
                     logger.error("Worker [%d] failed to start; stopping the gateway", process.pid)
@@ -170,3 +181,13 @@ class Supervisor:
                 logger.warning("Worker [%d] still running after the graceful timeout: SIGKILL", process.pid)
                 process.kill()
                 process.join()
+        for process in processes:
+            if process.exitcode is not None:
+                self._ended(process)
+
+    def _ended(self, process: SpawnProcess) -> None:
+        if self.on_exit is not None and process.pid is not None:
+            try:
+                self.on_exit(process.pid)
+            except Exception:  # cleanup after a worker must not take the supervisor down
+                logger.exception("Cleaning up after worker [%d] failed", process.pid)

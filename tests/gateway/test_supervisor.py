@@ -88,11 +88,13 @@ def _wait_for(predicate: Any, timeout: float = 20.0) -> Any:
 
 
 @contextlib.contextmanager
-def _gateway(tmp_path: Path, upstream: str = "http://127.0.0.1:9") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def _gateway(
+    tmp_path: Path, upstream: str = "http://127.0.0.1:9", extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     config = tmp_path / "gateway.toml"
     config.write_text(f'[[routes]]\npath = "/b/{{rest:path}}"\nupstream = "{upstream}"\nauth = "public"\n')
     port = free_port()
-    env = {**os.environ, "EDGE_PROOF_SECRET": PROOF_SECRET, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "EDGE_PROOF_SECRET": PROOF_SECRET, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     argv = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--workers", "2"]
     argv += ["--graceful-timeout", "3", "--no-access-log"]
     process = subprocess.Popen(
@@ -158,6 +160,27 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         for sock in connections:
             sock.close()
         assert process.poll() is None
+
+
+def test_a_killed_workers_live_gauges_leave_the_metrics(tmp_path: Path) -> None:
+    """A worker killed outright never runs its shutdown; the supervisor drops its live gauges (the JWKS and
+    revocation timestamps, kept per worker) so a dead worker's last fetch time does not age into a false alarm."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    with _gateway(tmp_path, extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) as (process, port):
+        workers = _listeners(process.pid, port)
+        for pid in workers:  # what a worker writes once it has fetched an issuer's keys
+            gauge = MmapedDict(str(metrics / f"gauge_livemin_{pid}.db"))
+            key = mmap_key("gateway_jwks_keys_updated_timestamp_seconds", "x", ["issuer"], ["iss"], "h")
+            gauge.write_value(key, 1.0, 0.0)
+            gauge.close()
+        victim, survivor = sorted(workers)
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: victim not in _listeners(process.pid, port) and len(_listeners(process.pid, port)) == 2)
+        _wait_for(lambda: not (metrics / f"gauge_livemin_{victim}.db").exists())
+        assert (metrics / f"gauge_livemin_{survivor}.db").exists()
 
 
 def test_sigterm_drains_in_flight_requests_then_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
