@@ -389,6 +389,8 @@ def create_app(
             cache_size=config.token_cache_size,
             max_token_bytes=config.max_token_bytes,
             is_revoked=revocations.is_revoked if revocations is not None else None,
+            # Cached entries keep only the claims some route requires (tokens.py: memory per entry).
+            keep_claims=frozenset(name for route in config.routes for name in route.required_claims),
         )
     return Gateway(
         config,

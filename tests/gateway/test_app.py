@@ -19,8 +19,10 @@ import pytest
 from gateway.errors import BadGateway
 from gateway.proof import ProofVerifier, parse_secrets
 from tests.gateway._fwd_fixtures import (
+    UPSTREAM,
     UpstreamRecorder,
     call_asgi,
+    default_routes,
     gateway_config,
     running_gateway,
     streamed,
@@ -533,3 +535,16 @@ def test_request_ids_are_random_hex_unique_and_not_shared_with_a_forked_child():
     os.close(read)
     os.waitpid(pid, 0)
     assert child != ids()
+
+
+async def test_required_claims_are_enforced_on_cached_tokens_too(endpoint, recorder, eddsa_key):
+    """Cache entries keep only the claims some route requires (tokens.py keep_claims, issue 7): those must still
+    decide, on the first request and on every cached one after it."""
+    admin = {"path": "/admin/{rest:path}", "upstream": UPSTREAM, "auth": "authenticated"}
+    admin["required_claims"] = {"role": "admin"}
+    config = gateway_config([*default_routes(), admin])
+    async with running_gateway(config, jwks_endpoint=endpoint, recorder=recorder) as (_, client):
+        for role, status in (("admin", 200), ("user", 403)):
+            headers = {"authorization": f"Bearer {mint(eddsa_key, role=role, tenant='t1')}"}
+            for _ in range(2):  # the second request is answered from the verified-token cache
+                assert (await client.get("/admin/x", headers=headers)).status_code == status

@@ -704,3 +704,17 @@ async def test_verify_cached_answers_only_for_tokens_verified_before(setup: Setu
     with pytest.raises(InvalidToken) as caught:
         revoked.verify_cached(token)
     assert caught.value.reason == "revoked"
+
+
+async def test_cached_claims_keep_only_what_routes_require(setup: Setup) -> None:
+    """A cache entry holds sub/email/sid/exp, the configured issuer string and the claims routes require
+    (keep_claims), not the whole payload: memory per entry (issue 7, bench.memory)."""
+    verifier = TokenVerifier(
+        [issuer_config()], setup.verifier._keys, clock=setup.clock, keep_claims=frozenset({"role"})
+    )
+    claims = await verifier.verify(setup.mint(role="admin", tenant="t1"))
+    assert claims.raw == {"role": "admin"}
+    assert claims.iss == ISSUER
+    assert (claims.sub, claims.email) == (SUBJECT, EMAIL)
+    everything = await setup.verifier.verify(setup.mint(role="admin", tenant="t1"))  # keep_claims=None: all of it
+    assert everything.raw["tenant"] == "t1" and everything.raw["sub"] == SUBJECT
