@@ -89,6 +89,8 @@ _ALWAYS_DROPPED = (
 )
 #: Response headers the gateway replaces: its own server adds ``Date``; the request id is the gateway's.
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"date", b"x-request-id"}
+#: ``Connection`` values that nominate only names dropped anyway (issue 7: the usual upstream answer, no parsing).
+_PLAIN_CONNECTION = frozenset({b"keep-alive"})
 
 
 def normalize(name: bytes) -> bytes:
@@ -300,11 +302,14 @@ def downstream_headers(headers: Iterable[Header], request_id: str) -> list[Heade
     keys: list[bytes] = []
     nominated: set[bytes] | None = None
     for name, value in headers:
-        key = name.lower().replace(b"_", b"-")
+        lowered = name.lower()
+        key = lowered.replace(b"_", b"-") if b"_" in lowered else lowered
         if key == b"connection":
-            nominated = _tokens([value]) if nominated is None else nominated | _tokens([value])
-        if key not in _RESPONSE_DROPPED:
-            out.append((name.lower(), value))
+            # "keep-alive" (what upstreams send) nominates only a hop-by-hop name, dropped anyway.
+            if value.lower() not in _PLAIN_CONNECTION:
+                nominated = _tokens([value]) if nominated is None else nominated | _tokens([value])
+        elif key not in _RESPONSE_DROPPED:
+            out.append((lowered, value))
             keys.append(key)
     if nominated:
         out = [header for header, key in zip(out, keys, strict=True) if key not in nominated]
