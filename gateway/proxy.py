@@ -137,10 +137,15 @@ async def forward(
                     "headers": downstream_headers(response.headers, request_id),
                 }
             )
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            complete = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            whole = response.whole_body()
+            if whole is not None:  # all of it is here already (the usual small answer): one message
+                complete = True
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
+            else:
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                complete = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             # Closing must finish even when the exchange was cancelled: it is what frees the connection.
             await asyncio.shield(response.aclose())

@@ -49,6 +49,12 @@ class UpstreamResponse(Protocol):
         """The body exactly as received (content-coding untouched); raises BadGateway/GatewayTimeout."""
         ...
 
+    def whole_body(self) -> bytes | None:
+        """The whole body when all of it has already arrived (then ``aiter_raw`` is not used), else None: a small
+        response goes to the client as one final message instead of a chunk and an empty end (issue 7). Never waits;
+        None is always a correct answer."""
+        ...
+
     def aclose(self) -> Awaitable[None]:
         """Release the connection; an unfinished body closes it instead of returning it to the pool. Any awaitable:
         a finished future lets the caller's ``asyncio.shield`` skip creating a task."""
@@ -116,6 +122,9 @@ class _HttpxResponse:
                 yield chunk
         except httpx.HTTPError as exc:
             raise _translate(exc) from exc
+
+    def whole_body(self) -> bytes | None:
+        return None  # httpx reads lazily: nothing is known to have arrived
 
     async def aclose(self) -> None:
         await self._response.aclose()

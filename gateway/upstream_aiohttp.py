@@ -79,6 +79,9 @@ class _AiohttpResponse:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc) from exc
 
+    def whole_body(self) -> bytes | None:
+        return None  # aiohttp's stream is read as it comes
+
     async def aclose(self) -> None:
         if self._response.content.at_eof():
             self._response.release()  # complete: the connection goes back to the pool

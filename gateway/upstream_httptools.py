@@ -279,6 +279,12 @@ class _Connection(asyncio.Protocol):
     def aiter_raw(self) -> _BodyChunks:
         return _BodyChunks(self)
 
+    def whole_body(self) -> bytes | None:
+        """Everything, when the parser has seen the end of the body and nothing went wrong (see UpstreamResponse)."""
+        if not self.complete or self.error is not None:
+            return None
+        return self.take() or b""
+
     def take(self) -> bytes | None:
         """Everything buffered as one chunk, or None at the end of a complete body (and nothing buffered)."""
         chunks = self.chunks

@@ -419,6 +419,9 @@ class _FailingMidStream:
     status = 200
     headers = [(b"content-type", b"text/plain")]
 
+    def whole_body(self):
+        return None  # the body is still arriving
+
     async def aiter_raw(self):
         yield b"first"
         raise BadGateway()

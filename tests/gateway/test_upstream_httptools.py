@@ -176,6 +176,30 @@ async def test_response_bodies_are_read_by_their_framing_and_the_connection_is_r
         assert server.connections == 1
 
 
+async def test_a_body_already_complete_is_handed_over_whole_and_a_partial_one_is_not():
+    """whole_body(): the proxy's one-message answer (issue 7). It may only answer when the parser has seen the end."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab")
+        await asyncio.sleep(0.1)
+        await conn.answer(b"cde")
+        await conn.request()
+        await conn.answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await conn.reader.read()
+
+    async with Upstream(handler) as server, client() as upstream:
+        partial = await upstream.send("GET", server.origin, b"/", [], None, T)
+        assert partial.whole_body() is None  # 2 of 5 bytes: the rest streams through aiter_raw
+        assert b"".join([chunk async for chunk in partial.aiter_raw()]) == b"abcde"
+        await partial.aclose()
+        whole = await upstream.send("GET", server.origin, b"/", [], None, T)
+        await settle()
+        assert whole.whole_body() == b"ok"
+        await whole.aclose()
+        assert server.connections == 1  # taken whole, the response still returns its connection to the pool
+
+
 async def test_a_chunked_body_split_across_reads_arrives_whole():
     async def handler(conn: Conn) -> None:
         await conn.request()
