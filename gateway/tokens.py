@@ -67,10 +67,19 @@ _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
 # RFC 8725 §3.11 explicit typing: an access token has no typ (Better Auth), "JWT", or RFC 9068's "at+jwt". Other
 # types an issuer may sign with the same key (logout+jwt, secevent+jwt, ...) are not access tokens.
 _ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
-# Compiled patterns rather than per-character loops: this runs on every protected request (issue 7).
-_B64URL = re.compile(rb"[A-Za-z0-9_-]+")
+# Alphabets checked with bytes.translate (delete every allowed byte; anything left is not allowed): one C pass, about
+# a tenth of the instructions a regex spends on a 300-character token, on every protected request (issue 7).
+_DIGITS_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_B64URL_ALPHABET = _DIGITS_LETTERS + b"-_"
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_B64TOKEN = re.compile(rb"[A-Za-z0-9._~+/-]+=*")
+_B64TOKEN_ALPHABET = _DIGITS_LETTERS + b"-._~+/"
+
+
+def _is_b64token(credentials: bytes) -> bool:
+    body = credentials.rstrip(b"=")
+    return bool(body) and not body.translate(None, _B64TOKEN_ALPHABET)
+
+
 _NEGATIVE_REASONS = frozenset(
     {"malformed", "bad_header", "alg_not_allowed", "alg_mismatch", "bad_signature", "bad_issuer", "bad_audience"}
     | {"missing_claim", "bad_claim", "expired"}
@@ -102,7 +111,7 @@ def extract_bearer(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     credentials = credentials.lstrip(b" ")
     if not credentials:
         raise InvalidRequest("the Bearer scheme needs a token")
-    if _B64TOKEN.fullmatch(credentials) is None:
+    if not _is_b64token(credentials):
         if b" " in credentials or b"\t" in credentials or b"," in credentials:
             raise InvalidRequest("the Authorization header must hold exactly one bearer token")
         raise InvalidToken("malformed")
@@ -134,7 +143,7 @@ _JSON = json.JSONDecoder()
 
 def _base64url(data: bytes) -> bytes:
     # The alphabet is checked first, so binascii (which skips characters outside it) decodes exactly these bytes.
-    if _B64URL.fullmatch(data) is None:
+    if not data or data.translate(None, _B64URL_ALPHABET):
         raise InvalidToken("malformed")
     try:
         return binascii.a2b_base64(data.translate(_TO_STANDARD_BASE64) + b"=" * (-len(data) % 4))
