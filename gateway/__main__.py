@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import ctypes
+import ctypes.util
 import functools
 import gc
 import json
@@ -294,6 +296,30 @@ def head_limits() -> tuple[float, int]:
     return timeout, limit
 
 
+#: glibc's mallopt parameter number for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def pin_mmap_threshold(environ: Mapping[str, str]) -> bool:
+    """glibc only: allocations of 128 KiB and more always get their own mmap, returned to the system when freed.
+    glibc otherwise raises that threshold each time such a block is freed, after which the token cache's large
+    tables (reallocated as it turns over) land on the main heap, which does not shrink: RSS rose in steps (+4,
+    +10 MiB) long after the cache was full (``python -m bench.memory``, issue 7). Pinning the threshold is what
+    ``MALLOC_MMAP_THRESHOLD_`` does; an operator's own setting of it wins. Returns whether it was pinned here."""
+    if "MALLOC_MMAP_THRESHOLD_" in environ or sys.platform != "linux":
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        return False
+    if mallopt is None:  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
 def tune_gc() -> None:
     """Called once the app is built. Everything allocated so far (modules, configuration, the app) lives as long as
     the process, so it is moved out of the collector's sight (``gc.freeze``); and the young generation is collected
@@ -313,6 +339,7 @@ def worker_app() -> Any:
 
     app = create_app(load_config(os.environ[CONFIG_ENV], os.environ), metrics=Metrics.from_environ(os.environ))
     tune_gc()
+    pin_mmap_threshold(os.environ)
     return app
 
 
@@ -358,6 +385,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         app = create_app(config, metrics=Metrics.from_environ(environ))
         tune_gc()
+        pin_mmap_threshold(environ)
         uvicorn.run(app, **options)
         return 0
 

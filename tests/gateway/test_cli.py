@@ -175,3 +175,16 @@ def test_the_served_process_tunes_its_garbage_collector():
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_mmap_threshold_is_pinned_unless_the_operator_set_it() -> None:
+    """glibc's adjustable mmap threshold let RSS creep up in steps as the token cache turned over (issue 7); the
+    gateway pins it at start, and MALLOC_MMAP_THRESHOLD_ in the environment (glibc reads it itself) wins."""
+    from gateway.__main__ import pin_mmap_threshold
+
+    assert pin_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
+    # In a fresh interpreter (this one's allocator is left alone): on Linux with glibc, mallopt accepts it.
+    code = "from gateway.__main__ import pin_mmap_threshold; print(pin_mmap_threshold({}))"
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_MMAP_THRESHOLD_"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == ("True" if sys.platform == "linux" else "False")
