@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cold-tokens",
         type=int,
         default=None,
-        help="distinct tokens per cold run (default: 7000 per second of --duration, at least 20000)",
+        help="distinct tokens per cold run (default: 12000 per second of --duration, at least 20000)",
     )
     parser.add_argument(
         "--identity-duration", type=float, default=None, help="seconds per identity wrk run (default: --duration)"
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or args.duration < 1:
         parser.error("--rounds and --duration must be at least 1")
     if args.cold_tokens is None:
-        args.cold_tokens = max(20000, int(args.duration * 7000))
+        args.cold_tokens = max(20000, int(args.duration * 12000))  # 2 workers cold passed 7,000/s here
     if args.identity_duration is None:
         args.identity_duration = args.duration
     return args
