@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import time
@@ -66,10 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from identity.server import HTTP_PROTOCOL, log_config
+
     if args.migrate:
         migrate(config.database_url)
-    # identity.accesslog writes one JSON line per request on stderr; uvicorn's own access log would repeat it.
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     uvicorn.run(
         "identity.app:create_app_from_env",
         factory=True,
@@ -81,7 +80,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         server_header=False,
         date_header=True,
         log_level=args.log_level,
+        # Applied in every worker (identity/server.py); identity.accesslog writes one JSON line per request, so
+        # uvicorn's own access log, which would repeat it, is off.
+        log_config=log_config(args.log_level),
         access_log=False,
+        http=HTTP_PROTOCOL,
     )
     return 0
 
