@@ -287,7 +287,9 @@ def test_the_cli_uses_the_supervisor_where_so_reuseport_exists(
     # main() writes these for its workers: registered here so that they are restored afterwards.
     monkeypatch.setenv("EDGE_PROOF_SECRET", PROOF_SECRET)
     monkeypatch.setenv(cli.CONFIG_ENV, "unset")
-    monkeypatch.delenv(cli.MULTIPROC_ENV, raising=False)
+    # set, then deleted: only a variable monkeypatch saw is restored (main() sets it for its workers)
+    monkeypatch.setenv(cli.MULTIPROC_ENV, "unset")
+    monkeypatch.delenv(cli.MULTIPROC_ENV)
     calls: list[tuple[str, Any]] = []
     monkeypatch.setattr(supervisor, "available", lambda: available)
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(("uvicorn.run", options)))
