@@ -19,6 +19,7 @@ client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from gateway import accesslog, headers, proxy
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.errors import GatewayError, InvalidToken, MethodNotAllowed, MissingToken, NotFound, ServiceUnavailable
 from gateway.jwks import JwksCache
-from gateway.metrics import CONTENT_TYPE, LIVEZ, METRICS, READYZ, UNMATCHED, Metrics
+from gateway.metrics import CONTENT_TYPE, FLUSH_INTERVAL, LIVEZ, METRICS, READYZ, UNMATCHED, Metrics
 from gateway.revocation import RevocationFeed
 from gateway.routing import Router, canonical_path
 from gateway.tokens import TokenVerifier, authorize, extract_bearer
@@ -130,6 +131,7 @@ class Gateway:
             self._admin[config.metrics_path.encode()] = (METRICS, self._metrics)
         self._closers = closers
         self._cache_counts = (0, 0)
+        self._flusher: asyncio.TimerHandle | None = None
 
     # --- ASGI --------------------------------------------------------------------------------------------------
 
@@ -162,8 +164,13 @@ class Gateway:
         await self.jwks.start()
         if self.revocations is not None:
             await self.revocations.start()
+        self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     async def shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self.flush_metrics()
         await self.jwks.aclose()
         if self.revocations is not None:
             await self.revocations.aclose()
@@ -214,8 +221,6 @@ class Gateway:
                     record.auth, record.reason = _auth_outcome(exc)
                     self.metrics.token(record.reason or record.auth)
                     raise
-                finally:
-                    self._count_cache()
                 record.auth, record.user = "valid", claims.sub
                 self.metrics.token("valid")
                 identity = headers.Identity(user_id=claims.sub, email=claims.email)
@@ -276,11 +281,17 @@ class Gateway:
             self.metrics.request(record.route, respond.status, elapsed)
             accesslog.emit(record, elapsed * 1000)
 
-    def _count_cache(self) -> None:
-        """Move the verifier's cache counters into Prometheus (counted per worker, summed at scrape)."""
+    def flush_metrics(self) -> None:
+        """The verifier's cache counters and the batched counters into Prometheus (gateway/metrics.py): before a
+        scrape, every ``FLUSH_INTERVAL`` seconds and at shutdown."""
         hits, misses = self.verifier.hits, self.verifier.misses
         self.metrics.cache(hits - self._cache_counts[0], misses - self._cache_counts[1])
         self._cache_counts = (hits, misses)
+        self.metrics.flush()
+
+    def _flush_periodically(self) -> None:
+        self.flush_metrics()
+        self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     # --- responses the gateway makes itself --------------------------------------------------------------------
 
@@ -303,6 +314,7 @@ class Gateway:
             await _send_json(send, 200, {"status": "ok"}, request_id)
 
     async def _metrics(self, send: Send, request_id: str) -> None:
+        self.flush_metrics()
         await _send_body(send, 200, self.metrics.render(), CONTENT_TYPE.encode(), request_id)
 
 

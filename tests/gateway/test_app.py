@@ -551,3 +551,22 @@ async def test_required_claims_are_enforced_on_cached_tokens_too(endpoint, recor
             headers = {"authorization": f"Bearer {mint(eddsa_key, role=role, tenant='t1')}"}
             for _ in range(2):  # the second request is answered from the verified-token cache
                 assert (await client.get("/admin/x", headers=headers)).status_code == status
+
+
+async def test_batched_metrics_reach_prometheus_on_the_apps_timer(endpoint, recorder, eddsa_key, monkeypatch):
+    """Per-request counters are batched (gateway/metrics.py); the app's timer flushes them without a scrape, so
+    another worker's scrape sees them within FLUSH_INTERVAL. The interval is shortened here to keep the test fast."""
+    import asyncio
+
+    import gateway.app as app_module
+
+    monkeypatch.setattr(app_module, "FLUSH_INTERVAL", 0.05)
+    async with running_gateway(gateway_config(), jwks_endpoint=endpoint, recorder=recorder) as (app, client):
+        assert (await client.get(OWNER_PATH, headers={"authorization": f"Bearer {mint(eddsa_key)}"})).status_code == 200
+        requests = app.metrics.requests.labels("/api/{user_id}/{rest:path}", "200")
+        misses = app.metrics.token_cache.labels("miss")
+        for _ in range(100):
+            if requests._value.get() == 1 and misses._value.get() == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (requests._value.get(), misses._value.get()) == (1, 1)  # one request, one verification (a miss)

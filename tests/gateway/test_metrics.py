@@ -101,6 +101,7 @@ _WORKER = textwrap.dedent(
         metrics.request("/r", 200, 0.01)
     metrics.token("valid")
     metrics.keys_fetched("iss", float(sys.argv[2]))
+    metrics.flush()  # what the app's timer, a scrape or shutdown does; batched counts are not written before
     if sys.argv[3] == "render":
         sys.stdout.write(metrics.render().decode())
     """
@@ -138,14 +139,17 @@ _FORKING_WORKER = textwrap.dedent(
     import os
     from gateway.metrics import Metrics
     metrics = Metrics.from_environ(os.environ)
-    metrics.request("/r", 200, 0.01)  # the parent's file exists before the fork
+    metrics.request("/r", 200, 0.01)
+    metrics.flush()  # the parent's file exists before the fork, and nothing batched is inherited by the child
     child = os.fork()
     if child == 0:  # a metric written after a fork goes to the child's own file, not into the parent's
         metrics.request("/r", 200, 0.01)
         metrics.request("/r", 200, 0.01)
+        metrics.flush()
         os._exit(0)
     os.waitpid(child, 0)
     metrics.request("/r", 200, 0.01)
+    metrics.flush()
     print(child)
     """
 )
@@ -164,3 +168,20 @@ def test_a_forked_worker_writes_its_own_file(tmp_path):
     assert f"counter_{child}.db" in files and len([name for name in files if name.startswith("counter_")]) == 2
     text = Metrics(multiprocess_dir=str(tmp_path)).render().decode()
     assert sample(text, "gateway_requests_total", route="/r", status="200") == 4
+
+
+def test_counters_are_batched_until_a_flush_and_a_scrape_flushes() -> None:
+    """Per-request counters are plain integers until flush() (issue 7: a lock per inc); render() flushes first."""
+    metrics = Metrics()
+    metrics.request("/r", 200, 0.01)
+    metrics.token("valid")
+    metrics.cache(2, 1)
+    assert metrics.requests.labels("/r", "200")._value.get() == 0  # not yet in prometheus_client
+    text = metrics.render().decode()
+    assert sample(text, "gateway_requests_total", route="/r", status="200") == 1
+    assert sample(text, "gateway_token_verifications_total", outcome="valid") == 1
+    assert sample(text, "gateway_token_cache_total", result="hit") == 2
+    assert sample(text, "gateway_token_cache_total", result="miss") == 1
+    assert sample(text, "gateway_request_duration_seconds_count", route="/r") == 1  # observed at once
+    metrics.flush()  # nothing counted twice
+    assert sample(metrics.render().decode(), "gateway_requests_total", route="/r", status="200") == 1

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from gateway.app import create_app
+from gateway.metrics import FLUSH_INTERVAL
 from gateway.upstream import HttpxUpstream
 from gateway.upstream_aiohttp import AiohttpUpstream
 from gateway.upstream_httptools import HttptoolsUpstream
@@ -376,10 +377,18 @@ def test_two_workers_serve_and_metrics_are_summed(backend_url, tmp_path):
                     break
         by_pid = _requests_by_pid(metrics_dir, "/b/{rest:path}")
         assert len(by_pid) == 2, f"only one worker served: {by_pid}"
-        scraped = httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text
-        match = re.search(r'^gateway_requests_total\{route="/b/\{rest:path\}",status="200"\} (\S+)$', scraped, re.M)
-        assert match is not None, scraped
-        assert float(match.group(1)) == sent  # whichever worker answered the scrape counted both workers' requests
+        # Whichever worker answers the scrape counts both workers' requests: its own at once, the other's once that
+        # worker's timer has flushed its batched counters (gateway/metrics.py FLUSH_INTERVAL).
+        deadline = time.monotonic() + 5 * FLUSH_INTERVAL
+        while True:
+            scraped = httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text
+            pattern = r'^gateway_requests_total\{route="/b/\{rest:path\}",status="200"\} (\S+)$'
+            match = re.search(pattern, scraped, re.M)
+            assert match is not None, scraped
+            if float(match.group(1)) == sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert float(match.group(1)) == sent
     finally:
         process.send_signal(signal.SIGTERM)
         try:
