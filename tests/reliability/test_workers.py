@@ -77,9 +77,9 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(backend_url: st
         for load in loads:
             load.start()
         try:
-            time.sleep(0.6)
             victim = min(first)
-            assert _served_by(gateway.metrics_dir, victim) > 0  # both workers were taking requests
+            # Both workers were taking requests: counted once the worker's metrics timer has flushed (about 1 s).
+            assert wait_until(lambda: _served_by(gateway.metrics_dir, victim) > 0, 10)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             assert wait_until(lambda: len(_workers(gateway.pid)) == 2 and victim not in _workers(gateway.pid), 20)
