@@ -132,6 +132,7 @@ class Gateway:
         self._closers = closers
         self._cache_counts = (0, 0)
         self._flusher: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known from start-up (proxy.forward)
 
     # --- ASGI --------------------------------------------------------------------------------------------------
 
@@ -164,7 +165,8 @@ class Gateway:
         await self.jwks.start()
         if self.revocations is not None:
             await self.revocations.start()
-        self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
+        self._loop = asyncio.get_running_loop()
+        self._flusher = self._loop.call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     async def shutdown(self) -> None:
         if self._flusher is not None:
@@ -260,6 +262,7 @@ class Gateway:
                 request_id=request_id,
                 receive=receive,
                 send=respond,
+                loop=self._loop,
             )
         except proxy.ClientDisconnected:
             record.error = "client_disconnected"

@@ -85,10 +85,15 @@ def _watchdog(loop: asyncio.AbstractEventLoop) -> _Watchdog:
 
 
 async def _request_body(
-    receive: Receive, limit: int | None, idle: float, min_rate: int | None, on_complete: Callable[[], None]
+    receive: Receive,
+    limit: int | None,
+    idle: float,
+    min_rate: int | None,
+    on_complete: Callable[[], None],
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> AsyncIterator[bytes]:
     received = 0
-    loop = asyncio.get_running_loop()
+    loop = loop or asyncio.get_running_loop()
     started = loop.time()
     while True:
         # nginx's client_body_timeout: a client that sends nothing for ``idle`` seconds is given up on. No upstream
@@ -132,14 +137,20 @@ async def forward(
     request_id: str,
     receive: Receive,
     send: Send,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> None:
     """Forward one request and stream the response back. Raises a GatewayError if the exchange fails before the
     response head is sent, ClientDisconnected if the client left; after the head, an upstream failure propagates
-    so the server aborts the client connection (a truncated body must not look complete)."""
+    so the server aborts the client connection (a truncated body must not look complete).
+
+    ``loop``, when the caller knows it, saves looking it up: on Python 3.11 ``asyncio.get_running_loop()`` (which
+    ``current_task()`` calls) makes a ``getpid`` system call every time, once per request here (issue 7, strace)."""
     if max_body_bytes is not None and headers.content_length is not None and headers.content_length > max_body_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_body_bytes} bytes")
-    task = asyncio.current_task()
-    assert task is not None
+    task = asyncio.current_task(loop) if loop is not None else None
+    if task is None:  # no loop given, or not the one running this request
+        task = asyncio.current_task()
+        assert task is not None
     loop = task.get_loop()
     watcher: asyncio.Task[None] | None = None
     watchdog = _watchdog(loop)
@@ -165,7 +176,7 @@ async def forward(
 
     body = None
     if headers.has_body:
-        body = _request_body(receive, max_body_bytes, timeouts.read, min_body_rate, body_consumed)
+        body = _request_body(receive, max_body_bytes, timeouts.read, min_body_rate, body_consumed, loop)
     if body is None:
         body_consumed()
     try:
