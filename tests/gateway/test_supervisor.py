@@ -7,7 +7,6 @@ against ``/proc/net/tcp``."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import signal
 import socket
@@ -26,51 +25,26 @@ import gateway.__main__ as cli
 from gateway import supervisor
 from tests.gateway._fwd_servers import Backend, LoopThread, free_port, wait_live
 from tests.gateway.conftest import PROOF_SECRET
+from tests.reliability._support import children, socket_inodes, tcp_table
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-LISTEN, ESTABLISHED = "0A", "01"
+LISTEN, ESTABLISHED = "LISTEN", "ESTABLISHED"
 
 
 # --- what /proc says ----------------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in glob.glob(f"/proc/{pid}/task/*/children"):
-        with contextlib.suppress(OSError):
-            found.extend(int(child) for child in Path(task).read_text().split())
-    return found
-
-
-def _sockets(pid: int) -> set[int]:
-    inodes = set()
-    for fd in glob.glob(f"/proc/{pid}/fd/*"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
-
-
 def _tcp(port: int, state: str) -> set[int]:
     """Inodes of the TCP sockets on local ``port`` in ``state``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
-                    inodes.add(int(fields[9]))
-    return inodes
+    return {sock.inode for sock in tcp_table() if sock.local_port == port and sock.state == state}
 
 
 def _listeners(supervisor_pid: int, port: int) -> dict[int, set[int]]:
     """Worker pid -> its listening sockets on ``port`` (children without one are not workers serving yet)."""
     listening = _tcp(port, LISTEN)
-    found = {pid: _sockets(pid) & listening for pid in _children(supervisor_pid)}
+    found = {pid: socket_inodes(pid) & listening for pid in children(supervisor_pid)}
     return {pid: inodes for pid, inodes in found.items() if inodes}
 
 
@@ -136,11 +110,11 @@ def test_each_worker_listens_on_its_own_socket_and_connections_spread_over_them(
         assert len(workers) == 2
         first, second = workers.values()
         assert len(first) == len(second) == 1 and first != second  # uvicorn's supervisor shares one socket
-        assert not _sockets(process.pid) & _tcp(port, LISTEN)  # the parent's reservation never listens
+        assert not socket_inodes(process.pid) & _tcp(port, LISTEN)  # the parent's reservation never listens
         connections = _open(port, 40)
         try:
             established = _tcp(port, ESTABLISHED)
-            held = {pid: len(_sockets(pid) & established) for pid in workers}
+            held = {pid: len(socket_inodes(pid) & established) for pid in workers}
         finally:
             for sock in connections:
                 sock.close()

@@ -80,7 +80,7 @@ class TcpSocket:
     inode: int
 
 
-def _tcp_table() -> list[TcpSocket]:
+def tcp_table() -> list[TcpSocket]:
     sockets = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(name) as table:
@@ -99,7 +99,8 @@ def _tcp_table() -> list[TcpSocket]:
     return sockets
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open (match them with :func:`tcp_table`)."""
     inodes = set()
     for fd in glob.glob(f"/proc/{pid}/fd/*"):
         with contextlib.suppress(OSError):
@@ -112,9 +113,9 @@ def _socket_inodes(pid: int) -> set[int]:
 def connections(pid: int, *, to_port: int | None = None, from_port: int | None = None) -> list[str]:
     """States of the TCP sockets process ``pid`` holds open that are connected to ``to_port`` (its client side)
     or accepted on its own listening ``from_port`` (its server side; the listening socket itself excluded)."""
-    inodes = _socket_inodes(pid)
+    inodes = socket_inodes(pid)
     found = []
-    for sock in _tcp_table():
+    for sock in tcp_table():
         if sock.inode not in inodes or sock.state == "LISTEN":
             continue
         if (to_port is not None and sock.remote_port == to_port) or (
