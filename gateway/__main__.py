@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
-        "--workers", type=_positive, default=1, help="worker processes (default 1); metrics are summed over them"
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes (default 1); on Linux each listens on its own SO_REUSEPORT socket and is "
+        "restarted if it exits; metrics are summed over them",
     )
     parser.add_argument(
         "--graceful-timeout",

@@ -52,6 +52,7 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def close(self) -> None:
         self._stop.set()
+        self._flusher.join(timeout=1.0)  # it wakes at once: the event is set
         self.flush()
         super().close()
 
