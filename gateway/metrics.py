@@ -12,7 +12,10 @@ The per-request counters (requests, token outcomes, cache lookups) are counted i
 prometheus_client's values by :meth:`Metrics.flush`: before every scrape, at shutdown, and every
 :data:`FLUSH_INTERVAL` seconds (the app's timer), so another worker's counts are at most that old in a scrape.
 Each ``inc`` takes a lock (and under ``--workers`` writes a memory-mapped file): three of them per request cost
-~2 µs (issue 7). The latency histogram is still observed per request (its buckets have no public batch update).
+~2 µs (issue 7). The latency histogram is batched too, as bucket counts and a sum per route, added to the
+histogram's own values at flush: prometheus_client has no public batch update for them, so :class:`_Latencies`
+checks at start-up that the histogram still has the values it adds to (``_upper_bounds``, ``_buckets``, ``_sum``)
+and observes each request directly if not (test_metrics.py compares the two).
 Batched counts belong to the process that made them: a ``Metrics`` is built in each worker after it starts (the
 supervisors spawn, never fork, their workers).
 
@@ -29,9 +32,11 @@ that caught up (the oldest worker's: alert on ``time() - it`` past ``revocation_
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import values as _values
@@ -139,8 +144,16 @@ class Metrics:
         self._token_children: dict[str, Counter] = {}
         self._cache_hit = self.token_cache.labels("hit")
         self._cache_miss = self.token_cache.labels("miss")
-        # Batched until flush(): requests by (route, status), token outcomes, cache hits and misses.
+        self.fast_lane = Counter(
+            "gateway_fast_lane_requests",
+            "Requests forwarded on the fast lane (bodiless, cached token; gateway/express.py), of all requests.",
+            registry=r,
+        )
+        # Batched until flush(): requests by (route, status), latencies by route, token outcomes, cache hits and
+        # misses, fast-lane requests.
         self._pending_requests: dict[tuple[str, int], int] = {}
+        self._latencies: dict[str, _Latencies] = {}
+        self._pending_fast = 0
         self._pending_tokens: dict[str, int] = {}
         self._pending_hits = self._pending_misses = 0
 
@@ -150,13 +163,16 @@ class Metrics:
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
-            self._request_children[key] = children
+        if key not in self._request_children:
+            self._request_children[key] = (self.requests.labels(route, str(status)), self.latency.labels(route))
             self._pending_requests[key] = 0
+            if route not in self._latencies:
+                self._latencies[route] = _Latencies(self._request_children[key][1])
         self._pending_requests[key] += 1
-        children[1].observe(seconds)
+        self._latencies[route].observe(seconds)
+
+    def fast(self, count: int) -> None:
+        self._pending_fast += count
 
     def token(self, outcome: str) -> None:
         pending = self._pending_tokens
@@ -178,11 +194,15 @@ class Metrics:
             if child is None:
                 child = self._token_children[outcome] = self.tokens.labels(outcome)
             child.inc(count)
+        for latencies in self._latencies.values():
+            latencies.flush()
         if self._pending_hits:
             self._cache_hit.inc(self._pending_hits)
         if self._pending_misses:
             self._cache_miss.inc(self._pending_misses)
-        self._pending_hits = self._pending_misses = 0
+        if self._pending_fast:
+            self.fast_lane.inc(self._pending_fast)
+        self._pending_hits = self._pending_misses = self._pending_fast = 0
 
     def jwks_fetch(self, issuer: str, outcome: str) -> None:
         self.jwks_fetches.labels(issuer, outcome).inc()
@@ -211,6 +231,46 @@ class Metrics:
         self.flush()
         if self.multiprocess_dir:
             mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+class _Latencies:
+    """One route's latencies since the last flush: a count per histogram bucket and their sum (module docstring)."""
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum", "observe")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        bounds = getattr(histogram, "_upper_bounds", None)
+        buckets = getattr(histogram, "_buckets", None)
+        total = getattr(histogram, "_sum", None)
+        batchable = (
+            isinstance(bounds, list)
+            and isinstance(buckets, list)
+            and len(buckets) == len(bounds)
+            and bounds[-1] == float("inf")
+            and all(hasattr(value, "inc") for value in [*buckets, total])
+        )
+        self._bounds: list[float] = bounds if batchable else []  # type: ignore[assignment]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        # Per request: a bisect and two additions, or the histogram's own observe if its values are not as expected.
+        self.observe: Callable[[float], None] = self._count if batchable else histogram.observe
+
+    def _count(self, seconds: float) -> None:
+        # The first bucket whose upper bound is >= seconds (Prometheus buckets are "le"), as Histogram.observe picks.
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        histogram: Any = self._histogram
+        for index, count in enumerate(self._counts):
+            if count:
+                histogram._buckets[index].inc(count)
+        histogram._sum.inc(self._sum)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
 
 
 class _WithKeyAge:

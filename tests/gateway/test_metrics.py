@@ -182,6 +182,41 @@ def test_counters_are_batched_until_a_flush_and_a_scrape_flushes() -> None:
     assert sample(text, "gateway_token_verifications_total", outcome="valid") == 1
     assert sample(text, "gateway_token_cache_total", result="hit") == 2
     assert sample(text, "gateway_token_cache_total", result="miss") == 1
-    assert sample(text, "gateway_request_duration_seconds_count", route="/r") == 1  # observed at once
+    assert sample(text, "gateway_request_duration_seconds_count", route="/r") == 1
     metrics.flush()  # nothing counted twice
     assert sample(metrics.render().decode(), "gateway_requests_total", route="/r", status="200") == 1
+
+
+# Latencies on bucket bounds, between them, below the first and past the last (Prometheus buckets are "le").
+LATENCIES = [0.0, 0.0001, 0.005, 0.0050001, 0.01, 0.3, 0.3, 2.5, 9.99, 10.0, 11.0, 1e6]
+
+
+def test_batched_latencies_render_exactly_as_observed_ones() -> None:
+    """The histogram's batch (bucket counts + sum, added at flush through prometheus_client internals) must expose
+    what observing each request would: the check that those internals are still what the batch assumes."""
+    batched, direct = Metrics(), Metrics()
+    for seconds in LATENCIES:
+        batched.request("/r", 200, seconds)
+        direct.request("/r", 200, seconds)
+        direct.latency.labels("/r").observe(seconds)  # the reference, through the public API
+    direct._latencies.clear()  # drop direct's own batch: its histogram holds only the reference observations
+
+    def histogram(metrics: Metrics) -> list[str]:
+        return [line for line in metrics.render().decode().splitlines() if "request_duration" in line]
+
+    assert batched.latency.labels("/r")._sum.get() == 0  # nothing in prometheus_client before a flush
+    lines = histogram(batched)
+    assert lines == histogram(direct)
+    assert sample("\n".join(lines), "gateway_request_duration_seconds_count", route="/r") == len(LATENCIES)
+    batched.flush()  # nothing counted twice
+    assert histogram(batched) == lines
+
+
+def test_latencies_fall_back_to_observe_when_the_histogram_is_not_as_expected(monkeypatch) -> None:
+    from gateway import metrics as module
+
+    metrics = Metrics()
+    child = metrics.latency.labels("/r")
+    monkeypatch.delattr(child, "_upper_bounds")
+    latencies = module._Latencies(child)
+    assert latencies.observe == child.observe  # per request, through the public API
