@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from gateway import supervisor
+from gateway import express, supervisor
 from gateway.coalescing import CoalescingTransport
 
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -206,8 +206,17 @@ else:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            # The fast lane (gateway/express.py) needs the gateway itself, not a wrapper around it. Imported here, not
+            # at the top: gateway.app imports prometheus_client, which must see PROMETHEUS_MULTIPROC_DIR that main()
+            # sets first.
+            from gateway.app import Gateway
+
+            app = self.app
+            self._gateway = app if isinstance(app, Gateway) and app.fast_lane and not self.limit_concurrency else None
             self._head_timeout, self._head_limit = head_limits()
             self._head_timer: asyncio.TimerHandle | None = None
+            self._idle_timer: asyncio.TimerHandle | None = None
+            self._idle_deadline: float | None = None
             self._head_deadline: float | None = None
             self._head_bytes = 0
             self._in_head = True  # no complete head yet for the next request on this connection
@@ -218,10 +227,16 @@ else:
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._gateway is not None:
+                express.client_lost(self)
             self._head_deadline = None
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            self._idle_deadline = None
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -253,6 +268,8 @@ else:
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._disarm_head_timer()
+            if self._gateway is not None and express.admit(self, self._gateway):
+                return
             super().on_headers_complete()
             if not self.url.startswith(b"/") and "raw_path" in self.scope:
                 self.scope["raw_path"] = self.url.partition(b"?")[0]
@@ -260,6 +277,36 @@ else:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head, self._head_bytes = True, 0
+
+        def _unset_keepalive_if_required(self) -> None:
+            self._idle_deadline = None  # the timer, when it fires, finds nothing to judge (see on_response_complete)
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, but the keep-alive timeout is one timer per connection that a response moves, as the head
+            # timeout is: uvicorn creates a timer after every response and cancels it at the next request's first
+            # bytes, ~1.5 µs of each request (issue 7).
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._idle_deadline = None
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+                return
+            self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_at(self._idle_deadline, self._idle_timed_out)
+
+        def _idle_timed_out(self) -> None:
+            self._idle_timer = None
+            deadline = self._idle_deadline
+            if deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < deadline - 0.001:  # a later response moved it (uvloop may fire up to 1 ms early)
+                self._idle_timer = self.loop.call_at(deadline, self._idle_timed_out)
+                return
+            self.timeout_keep_alive_handler()
 
         def _arm_head_timer(self) -> None:
             # One timer per connection, not one per request (create + cancel cost ~1.5 µs each, issue 7): arming

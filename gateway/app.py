@@ -35,9 +35,9 @@ from gateway.errors import GatewayError, InvalidToken, MethodNotAllowed, Missing
 from gateway.jwks import JwksCache
 from gateway.metrics import CONTENT_TYPE, FLUSH_INTERVAL, LIVEZ, METRICS, READYZ, UNMATCHED, Metrics
 from gateway.revocation import RevocationFeed
-from gateway.routing import Router, canonical_path
-from gateway.tokens import TokenVerifier, authorize, extract_bearer
-from gateway.upstream import Timeouts, Upstream, no_cookie_client
+from gateway.routing import RouteMatch, Router, canonical_path
+from gateway.tokens import Claims, TokenVerifier, authorize, extract_bearer
+from gateway.upstream import Header, Timeouts, Upstream, UpstreamResponse, no_cookie_client
 from gateway.upstream_httptools import HttptoolsUpstream
 
 logger = logging.getLogger("gateway")
@@ -101,6 +101,23 @@ class _Response:
         return self._send(message)
 
 
+class Exchange:
+    """One request on its way through the gateway: what the pipeline decided (the route, the headers to send),
+    carried to the forward, whether by the request's task or by the fast lane's callbacks (gateway/express.py)."""
+
+    __slots__ = ("error", "headers", "method", "record", "request_id", "route", "started", "target")
+
+    def __init__(self, started: float, request_id: str, method: str, record: accesslog.AccessRecord) -> None:
+        self.started = started
+        self.request_id = request_id
+        self.method = method
+        self.record = record
+        self.route: RouteConfig | None = None
+        self.target = b""
+        self.headers: headers.UpstreamHeaders | None = None
+        self.error: GatewayError | None = None  # a refusal decided on the fast lane, answered by resume()
+
+
 class Gateway:
     def __init__(
         self,
@@ -133,6 +150,10 @@ class Gateway:
         self._cache_counts = (0, 0)
         self._flusher: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known from start-up (proxy.forward)
+        #: Whether bodiless requests with a cached token may take the fast lane (gateway/express.py).
+        self.fast_lane = config.fast_lane and isinstance(upstream, HttptoolsUpstream)
+        self.express_requests = 0
+        self._fast_counted = 0
 
     # --- ASGI --------------------------------------------------------------------------------------------------
 
@@ -187,83 +208,220 @@ class Gateway:
         started = time.perf_counter()
         request_id = _request_id()
         method: str = scope["method"]
-        respond = _Response(send)
         record = accesslog.AccessRecord(request_id=request_id, method=method, route=UNMATCHED)
-        try:
-            raw_path: bytes | None = scope.get("raw_path")
-            if raw_path is None:  # every server we run under provides it; the decoded path is never forwarded
-                raise GatewayError("the server did not provide the raw request path")
-            admin = self._admin.get(raw_path)
-            if admin is not None:
-                record.route, endpoint = admin
-                if method not in _HEALTH_METHODS:
-                    raise MethodNotAllowed(_HEALTH_METHODS)
-                await endpoint(respond, request_id)
-                return
+        exchange = Exchange(started, request_id, method, record)
+        respond = _Response(send)
+        await self._guarded(exchange, respond, self._pipeline(exchange, scope, receive, respond))
 
-            # One canonical path: the decision is made on exactly the bytes that are forwarded (routing.py).
-            match = self.router.match(method, canonical_path(raw_path))
-            if match is None:
-                raise NotFound()
-            route = match.route
-            record.route = route.path
+    async def _pipeline(self, exchange: Exchange, scope: Scope, receive: Receive, respond: _Response) -> None:
+        record, method = exchange.record, exchange.method
+        raw_path: bytes | None = scope.get("raw_path")
+        if raw_path is None:  # every server we run under provides it; the decoded path is never forwarded
+            raise GatewayError("the server did not provide the raw request path")
+        admin = self._admin.get(raw_path)
+        if admin is not None:
+            record.route, endpoint = admin
+            if method not in _HEALTH_METHODS:
+                raise MethodNotAllowed(_HEALTH_METHODS)
+            await endpoint(respond, exchange.request_id)
+            return
 
-            identity = _ANONYMOUS
-            record.auth = "public"
-            if route.auth != "public":
-                try:
-                    token = extract_bearer(scope["headers"])
-                    if token is None:
-                        raise MissingToken()
-                    claims = self.verifier.verify_cached(token)  # a cache hit costs no coroutine
-                    if claims is None:
-                        claims = await self.verifier.verify(token)
-                    authorize(match, claims)  # per-route issuers, owner: {user_id} == sub exactly, required claims
-                except GatewayError as exc:
-                    record.auth, record.reason = _auth_outcome(exc)
-                    self.metrics.token(record.reason or record.auth)
-                    raise
-                record.auth, record.user = "valid", claims.sub
-                self.metrics.token("valid")
-                identity = headers.Identity(user_id=claims.sub, email=claims.email)
+        # One canonical path: the decision is made on exactly the bytes that are forwarded (routing.py).
+        match = self.router.match(method, canonical_path(raw_path))
+        if match is None:
+            raise NotFound()
+        record.route = match.route.path
 
-            query: bytes = scope.get("query_string", b"")
-            target = raw_path + b"?" + query if query else raw_path
-            client = scope.get("client")
+        claims = None
+        if match.route.auth != "public":
             try:
-                forwarded = headers.upstream_headers(
-                    scope["headers"],
-                    method=method,
-                    target=target.decode("latin-1"),
-                    forwarding=headers.Forwarding(
-                        peer=client[0] if client else None,
-                        scheme=scope.get("scheme", "http"),
-                        trusted_proxies=self.config.trusted_proxies,
-                    ),
-                    identity=identity,
-                    forward_authorization=route.forward_token,
-                    request_id=request_id,
-                    proof_secret=self.config.proof_secrets[0],
-                    timestamp=int(self.clock()),
-                )
-            except ValueError:  # a verified claim that cannot travel in a header
-                raise InvalidToken("bad_claim") from None
+                token = extract_bearer(scope["headers"])
+                if token is None:
+                    raise MissingToken()
+                claims = self.verifier.verify_cached(token)  # a cache hit costs no coroutine
+                if claims is None:
+                    claims = await self.verifier.verify(token)
+            except GatewayError as exc:
+                self._refused(record, exc)
+                raise
 
-            upstream = self._targets[id(route)]
-            await proxy.forward(
-                self.upstream,
-                method=method,
-                origin=upstream.origin,
-                target=target,
-                headers=forwarded,
-                max_body_bytes=route.max_body_bytes,
-                min_body_rate=route.min_body_rate,
-                timeouts=upstream.timeouts,
-                request_id=request_id,
-                receive=receive,
-                send=respond,
-                loop=self._loop,
+        query: bytes = scope.get("query_string", b"")
+        client = scope.get("client")
+        self._admit(
+            exchange,
+            match,
+            claims,
+            scope["headers"],
+            raw_path + b"?" + query if query else raw_path,
+            client[0] if client else None,
+            scope.get("scheme", "http"),
+        )
+        await self._forward(exchange, receive, respond)
+
+    def express(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        header_list: list[Header],
+        peer: str | None,
+        scheme: str,
+    ) -> Exchange | None:
+        """The fast lane's admission (gateway/express.py): the same pipeline as :meth:`handle`, without awaiting
+        anything, for a request that needs nothing awaited. None, with nothing counted or recorded, when it needs
+        the full path: an admin path, no route, a token not in the cache, no idle upstream connection to write to.
+        Otherwise the exchange, ready to send, or holding the refusal (``error``) the full path would make."""
+        if not self.fast_lane or raw_path in self._admin:
+            return None
+        try:
+            match = self.router.match(method, canonical_path(raw_path))
+        except GatewayError:
+            return None
+        if match is None:
+            return None
+        route = match.route
+        if not self.upstream.has_idle(self._targets[id(route)].origin):  # type: ignore[attr-defined]
+            return None
+        token = None
+        if route.auth != "public":
+            try:
+                token = extract_bearer(header_list)
+            except GatewayError:
+                return None
+            if token is None:
+                return None
+        started = time.perf_counter()
+        request_id = _request_id()
+        exchange = Exchange(started, request_id, method, accesslog.AccessRecord(request_id, method, route.path))
+        claims = None
+        try:
+            if token is not None:
+                try:
+                    claims = self.verifier.verify_cached(token)
+                except GatewayError as exc:
+                    self._refused(exchange.record, exc)
+                    raise
+                if claims is None:
+                    return None
+            self._admit(
+                exchange, match, claims, header_list, raw_path + b"?" + query if query else raw_path, peer, scheme
             )
+        except GatewayError as exc:
+            exchange.error = exc
+        self.express_requests += 1
+        return exchange
+
+    def _refused(self, record: accesslog.AccessRecord, exc: GatewayError) -> None:
+        record.auth, record.reason = _auth_outcome(exc)
+        self.metrics.token(record.reason or record.auth)
+
+    def _admit(
+        self,
+        exchange: Exchange,
+        match: RouteMatch,
+        claims: Claims | None,
+        header_list: list[Header],
+        target: bytes,
+        peer: str | None,
+        scheme: str,
+    ) -> None:
+        """Authorize (when the route is not public: ``claims`` are the verified token's) and build what is sent."""
+        record, route = exchange.record, match.route
+        identity = _ANONYMOUS
+        record.auth = "public"
+        if claims is not None:
+            try:
+                authorize(match, claims)  # per-route issuers, owner: {user_id} == sub exactly, required claims
+            except GatewayError as exc:
+                self._refused(record, exc)
+                raise
+            record.auth, record.user = "valid", claims.sub
+            self.metrics.token("valid")
+            identity = headers.Identity(user_id=claims.sub, email=claims.email)
+        try:
+            exchange.headers = headers.upstream_headers(
+                header_list,
+                method=exchange.method,
+                target=target.decode("latin-1"),
+                forwarding=headers.Forwarding(peer=peer, scheme=scheme, trusted_proxies=self.config.trusted_proxies),
+                identity=identity,
+                forward_authorization=route.forward_token,
+                request_id=exchange.request_id,
+                proof_secret=self.config.proof_secrets[0],
+                timestamp=int(self.clock()),
+            )
+        except ValueError:  # a verified claim that cannot travel in a header
+            raise InvalidToken("bad_claim") from None
+        exchange.route, exchange.target = route, target
+
+    async def resume(
+        self,
+        exchange: Exchange,
+        receive: Receive,
+        send: Send,
+        *,
+        response: UpstreamResponse | None = None,
+        error: BaseException | None = None,
+        fresh: bool = False,
+    ) -> None:
+        """The rest of an exchange the fast lane admitted, as a task (gateway/express.py): its refusal (``error``), a
+        response too large for one write (``response``), or the request sent again on a ``fresh`` connection."""
+        respond = _Response(send)
+        await self._guarded(exchange, respond, self._resumed(exchange, receive, respond, response, error, fresh))
+
+    async def _resumed(
+        self,
+        exchange: Exchange,
+        receive: Receive,
+        respond: _Response,
+        response: UpstreamResponse | None,
+        error: BaseException | None,
+        fresh: bool,
+    ) -> None:
+        if error is not None:
+            raise error
+        if fresh:
+            upstream = self._targets[id(exchange.route)]
+            assert isinstance(self.upstream, HttptoolsUpstream) and exchange.headers is not None
+            response = await self.upstream.send(
+                exchange.method,
+                upstream.origin,
+                exchange.target,
+                exchange.headers.headers,
+                None,
+                upstream.timeouts,
+                fresh=True,
+            )
+        await self._forward(exchange, receive, respond, response)
+
+    async def _forward(
+        self, exchange: Exchange, receive: Receive, respond: _Response, response: UpstreamResponse | None = None
+    ) -> None:
+        route, forwarded = exchange.route, exchange.headers
+        assert route is not None and forwarded is not None
+        upstream = self._targets[id(route)]
+        await proxy.forward(
+            self.upstream,
+            method=exchange.method,
+            origin=upstream.origin,
+            target=exchange.target,
+            headers=forwarded,
+            max_body_bytes=route.max_body_bytes,
+            min_body_rate=route.min_body_rate,
+            timeouts=upstream.timeouts,
+            request_id=exchange.request_id,
+            receive=receive,
+            send=respond,
+            loop=self._loop,
+            response=response,
+        )
+
+    async def _guarded(self, exchange: Exchange, respond: _Response, work: Awaitable[None]) -> None:
+        """Run the rest of a request; every failure becomes its error response (or, once the head is out, aborts the
+        connection), and the request is counted and logged once, at the end."""
+        record = exchange.record
+        try:
+            await work
         except proxy.ClientDisconnected:
             record.error = "client_disconnected"
             respond.status = 499  # nginx's code for "client closed request"; nothing was or can be sent
@@ -271,18 +429,27 @@ class Gateway:
             record.error = exc.error
             if respond.status:
                 raise  # the head is out: abort the connection (see module docstring)
-            await self.error_response(respond, exc, request_id)
+            await self.error_response(respond, exc, exchange.request_id)
         except Exception:
             record.error = "internal_error"
-            logger.exception("unexpected error handling request %s", request_id)
+            logger.exception("unexpected error handling request %s", exchange.request_id)
             if respond.status:
                 raise
-            await self.error_response(respond, GatewayError(), request_id)
+            await self.error_response(respond, GatewayError(), exchange.request_id)
         finally:
-            record.status = respond.status
-            elapsed = time.perf_counter() - started
-            self.metrics.request(record.route, respond.status, elapsed)
-            accesslog.emit(record, elapsed * 1000)
+            self.done(exchange, respond.status)
+
+    def done(self, exchange: Exchange, status: int) -> None:
+        """Count and log a finished request (``status`` 0: nothing was sent)."""
+        record = exchange.record
+        record.status = status
+        elapsed = time.perf_counter() - exchange.started
+        self.metrics.request(record.route, status, elapsed)
+        accesslog.emit(record, elapsed * 1000)
+
+    def target(self, route: RouteConfig) -> _Target:
+        """Where ``route`` sends, and its timeouts."""
+        return self._targets[id(route)]
 
     def flush_metrics(self) -> None:
         """The verifier's cache counters and the batched counters into Prometheus (gateway/metrics.py): before a
@@ -290,6 +457,8 @@ class Gateway:
         hits, misses = self.verifier.hits, self.verifier.misses
         self.metrics.cache(hits - self._cache_counts[0], misses - self._cache_counts[1])
         self._cache_counts = (hits, misses)
+        self.metrics.fast(self.express_requests - self._fast_counted)
+        self._fast_counted = self.express_requests
         self.metrics.flush()
 
     def _flush_periodically(self) -> None:

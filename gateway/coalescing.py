@@ -41,6 +41,15 @@ class CoalescingTransport(asyncio.Transport):
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
+    def write_now(self, data: bytes) -> None:
+        """Write at once, after anything gathered (the fast lane writes a whole response in one piece:
+        gathering it would only cost a callback)."""
+        if self._pending is not None:
+            self._pending.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending or ()))
 

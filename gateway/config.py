@@ -9,6 +9,9 @@ configuration it does not fully understand, so an unknown key anywhere is an err
     trusted_proxies = []              # IPs or CIDRs whose X-Forwarded-* headers are believed
     token_cache_size = 100000         # verified tokens remembered until their exp (0 disables the cache)
     max_token_bytes = 8192            # longer bearer tokens are refused without parsing
+    fast_lane = true                  # bodiless requests with a cached token are forwarded from the server's
+                                      # callbacks, without an ASGI task (gateway/express.py); false: every
+                                      # request takes the ASGI path (the same answers, more CPU)
     timeout = 30.0                    # default upstream response timeout, seconds (a route's `timeout`)
     connect_timeout = 5.0             # default upstream connect timeout, seconds
     max_body_bytes = 10485760         # default request body limit, bytes (0 = unlimited)
@@ -162,6 +165,7 @@ class GatewayConfig:
     metrics_path: str | None = "/metrics"
     token_cache_size: int = 100_000
     max_token_bytes: int = 8192
+    fast_lane: bool = True
 
     def issuer(self, name: str) -> IssuerConfig:
         for issuer in self.issuers:
@@ -565,6 +569,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Gateway
             server.problem("trusted_proxies", f"{entry!r} is not an IP address or network: {exc}")
     cache_size = server.integer("token_cache_size", 100_000, low=0, high=10_000_000)
     max_token = server.integer("max_token_bytes", 8192, low=256, high=65_536)
+    fast_lane = server.boolean("fast_lane", True)
     defaults = _RouteDefaults(
         timeout=server.number("timeout", 30.0, low=0.001, high=3600),
         connect_timeout=server.number("connect_timeout", 5.0, low=0.001, high=600),
@@ -626,4 +631,5 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Gateway
         metrics_path=metrics,
         token_cache_size=cache_size,
         max_token_bytes=max_token,
+        fast_lane=fast_lane,
     )

@@ -31,7 +31,7 @@ from typing import Any
 
 from gateway.errors import PayloadTooLarge, RequestTimeout
 from gateway.headers import UpstreamHeaders, downstream_headers
-from gateway.upstream import Timeouts, Upstream
+from gateway.upstream import Timeouts, Upstream, UpstreamResponse
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -138,10 +138,14 @@ async def forward(
     receive: Receive,
     send: Send,
     loop: asyncio.AbstractEventLoop | None = None,
+    response: UpstreamResponse | None = None,
 ) -> None:
-    """Forward one request and stream the response back. Raises a GatewayError if the exchange fails before the
-    response head is sent, ClientDisconnected if the client left; after the head, an upstream failure propagates
-    so the server aborts the client connection (a truncated body must not look complete).
+    """Forward one request and stream the response back. ``response``: the upstream's, when the request was sent
+    already (the fast lane hands over a response that does not fit in one write, gateway/express.py).
+
+    Raises a GatewayError if the exchange fails before the response head is sent, ClientDisconnected if the client
+    left; after the head, an upstream failure propagates so the server aborts the client connection (a truncated body
+    must not look complete).
 
     ``loop``, when the caller knows it, saves looking it up: on Python 3.11 ``asyncio.get_running_loop()`` (which
     ``current_task()`` calls) makes a ``getpid`` system call every time, once per request here (issue 7, strace)."""
@@ -180,7 +184,8 @@ async def forward(
     if body is None:
         body_consumed()
     try:
-        response = await upstream.send(method, origin, target, headers.headers, body, timeouts)
+        if response is None:
+            response = await upstream.send(method, origin, target, headers.headers, body, timeouts)
         try:
             await send(
                 {

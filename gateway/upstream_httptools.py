@@ -18,6 +18,9 @@ HTTP/1.1 only, one exchange per connection at a time, connections kept alive in 
   closed. Unsolicited bytes on an idle connection close it.
 * **Limits**: at most ``max_connections`` open at once (an idle connection to another origin is closed to make
   room); a request waits for one at most its connect timeout, then 503.
+* **Callbacks instead of awaits** (:meth:`HttptoolsUpstream.start`, the gateway's fast lane, gateway/express.py):
+  a bodiless request on an idle connection is written at once and the caller is told, by a plain call at the end of
+  each read (and on a timeout or the connection's end), that the exchange moved on; no future, no task.
 * **Retry**: none, except the case RFC 9112 §9.3.1 describes: a request without a body, idempotent method, sent on
   a *reused* connection that the upstream closed before a single response byte (it had just timed the connection
   out) is sent once more, on a new connection. POST and PATCH never are.
@@ -32,7 +35,7 @@ import asyncio
 import collections
 import re
 import ssl
-from collections.abc import AsyncIterable, Awaitable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -92,6 +95,8 @@ class _Connection(asyncio.Protocol):
         # cost ~1.5 µs of every request (issue 7); this one is re-created about once per read timeout.
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        #: Set by :meth:`HttptoolsUpstream.start`: called instead of waking a waiter, once per read, timeout or loss.
+        self.listener: Callable[[], None] | None = None
         self.begin(head_only=False, read_timeout=0.0)
         self.active = False
 
@@ -128,13 +133,15 @@ class _Connection(asyncio.Protocol):
                 self.head_bytes += len(data)
             else:
                 self.head_bytes = MAX_HEAD_BYTES
-                if not self.feed(data[:room]):
-                    return
-                if not self.head_done:
+                if not self.feed(data[:room]) or not self.head_done:
                     self.fail(BadGateway)
+                    if self.listener is not None:
+                        self.listener()
                     return
                 data = data[room:]
         self.feed(data)
+        if self.listener is not None:
+            self.listener()
 
     def feed(self, data: bytes) -> bool:
         try:
@@ -160,6 +167,8 @@ class _Connection(asyncio.Protocol):
         self.wake()
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
+        if self.listener is not None:
+            self.listener()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -239,13 +248,22 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
         self.pool.forget(self)
 
+    def retryable(self, method: str) -> bool:
+        """Whether a bodiless request that failed on this connection may be sent once more on a new one: the
+        connection was a reused one and closed before a single response byte (RFC 9112 §9.3.1)."""
+        return self.exchanges > 1 and not self.received and method in _IDEMPOTENT
+
+    def arm(self) -> None:
+        """Start (or move) the read deadline: ``read_timeout`` from now."""
+        self.deadline = self.loop.time() + self.read_timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._deadline_reached)
+
     async def wait(self) -> None:
         """Until the parser or the connection reports something, at most ``read_timeout`` (then 504)."""
         waiter = self.loop.create_future()
         self.waiter = waiter
-        self.deadline = self.loop.time() + self.read_timeout
-        if self.timer is None:
-            self.timer = self.loop.call_at(self.deadline, self._deadline_reached)
+        self.arm()
         try:
             await waiter
         except GatewayTimeout:
@@ -256,14 +274,18 @@ class _Connection(asyncio.Protocol):
 
     def _deadline_reached(self) -> None:
         self.timer = None
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        waiter, listener = self.waiter, self.listener
+        if listener is None and (waiter is None or waiter.done()):
             return  # no wait in progress: the next one arms a timer again
         # A millisecond's grace: uvloop may run a timer that much early (see _acquire).
-        if self.loop.time() >= self.deadline - 0.001:
-            waiter.set_exception(GatewayTimeout())
-        else:  # a later wait moved the deadline
+        if self.loop.time() < self.deadline - 0.001:  # a later wait moved the deadline
             self.timer = self.loop.call_at(self.deadline, self._deadline_reached)
+        elif listener is not None:
+            self.fail(GatewayTimeout)
+            listener()
+        else:
+            assert waiter is not None
+            waiter.set_exception(GatewayTimeout())
 
     async def drain(self) -> None:
         while self.write_paused and not self.lost:
@@ -331,13 +353,19 @@ class _Connection(asyncio.Protocol):
                 return None
             await self.wait()
 
-    def aclose(self) -> asyncio.Future[None]:
-        """Synchronous underneath: a finished future, so ``asyncio.shield`` around it costs no task."""
-        if self.complete and self.keep_alive and self.error is None and not self.lost:
+    def finish(self) -> None:
+        """The exchange is over: back to the pool if the response was read to its end and both sides allow it."""
+        self.listener = None
+        # ``counted`` is False once close() has run: a connection closed mid-read is never pooled again.
+        if self.complete and self.keep_alive and self.error is None and not self.lost and self.counted:
             self.active = False
             self.pool.release(self)
         else:
             self.close()
+
+    def aclose(self) -> asyncio.Future[None]:
+        """Synchronous underneath: a finished future, so ``asyncio.shield`` around it costs no task."""
+        self.finish()
         done = self.loop.create_future()
         done.set_result(None)
         return done
@@ -373,6 +401,38 @@ class _BodyChunks:
         return chunk
 
 
+def _request_head(
+    method: str, origin: _Origin, target: bytes, headers: Sequence[Header], *, has_body: bool
+) -> tuple[bytes, int | None, bool]:
+    """The request head as written, the body's declared length and whether it is sent chunked."""
+    length = None
+    if has_body:
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)
+                break
+    chunked = has_body and length is None
+    # One join per header and one for the head, all in C (building each line with + cost ~1 µs per request).
+    fields = b"\r\n".join(map(b": ".join, headers))
+    head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s" % (
+        method.encode("ascii"),
+        target,
+        origin.host_header,
+        fields + b"\r\n" if headers else b"",
+        b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n",
+    )
+    # Header injection guard: every CR and LF is part of a line end we wrote, no NUL, names are tokens.
+    line_ends = len(headers) + (4 if chunked else 3)  # request line, host, the headers, [framing,] blank line
+    if (
+        head.count(b"\n") != line_ends
+        or head.count(b"\r") != line_ends
+        or b"\0" in head
+        or (headers and _NAMES.fullmatch(b"\n".join([name for name, _ in headers])) is None)
+    ):
+        raise ValueError("request line or header not representable on the wire")
+    return head, length, chunked
+
+
 class HttptoolsUpstream:
     """The pooled client; see the module docstring. ``ssl_context`` is for https origins (default: the system's
     trust store with hostname checks)."""
@@ -401,6 +461,42 @@ class HttptoolsUpstream:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def _origin(self, origin: str) -> _Origin:
+        parsed = self._origins.get(origin)
+        if parsed is None:
+            parsed = self._origins[origin] = _Origin(origin)
+        return parsed
+
+    def has_idle(self, origin: str) -> bool:
+        """Whether a kept-alive connection to ``origin`` waits in the pool (it may still turn out closed)."""
+        return bool(self._idle.get(origin))
+
+    def start(
+        self,
+        method: str,
+        origin: str,
+        target: bytes,
+        headers: Sequence[Header],
+        timeouts: Timeouts,
+        listener: Callable[[], None],
+    ) -> _Connection | None:
+        """Send a request without a body on an idle connection, now, without awaiting anything: the connection, whose
+        ``listener`` is called after each read, on the read timeout and when the connection ends (see the module
+        docstring); its state then says how far the exchange is (``head_done``, ``complete``, ``error``), and
+        :meth:`_Connection.finish` ends it. None when no idle connection is open: the caller uses :meth:`send`.
+        Raises ValueError like :meth:`send` for a head that cannot be written."""
+        head, _, _ = _request_head(method, self._origin(origin), target, headers, has_body=False)
+        connection = self._idle_connection(origin)
+        if connection is None:
+            return None
+        connection.begin(head_only=method == "HEAD", read_timeout=timeouts.read)
+        connection.exchanges += 1
+        connection.listener = listener
+        assert connection.transport is not None
+        connection.transport.write(head)
+        connection.arm()
+        return connection
+
     async def send(
         self,
         method: str,
@@ -409,29 +505,14 @@ class HttptoolsUpstream:
         headers: Sequence[Header],
         body: AsyncIterable[bytes] | None,
         timeouts: Timeouts,
+        *,
+        fresh: bool = False,
     ) -> UpstreamResponse:
-        parsed = self._origins.get(origin)
-        if parsed is None:
-            parsed = self._origins[origin] = _Origin(origin)
-        length = None
-        lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("ascii"), target, parsed.host_header)]
-        for name, value in headers:
-            lines.append(name + b": " + value + b"\r\n")
-            if length is None and name == b"content-length":
-                length = int(value)
-        chunked = body is not None and length is None
-        lines.append(b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n")
-        head = b"".join(lines)
-        # Header injection guard: every CR and LF is part of a line end we wrote, no NUL, names are tokens.
-        line_ends = len(headers) + (4 if chunked else 3)  # request line, host, the headers, [framing,] blank line
-        if (
-            head.count(b"\n") != line_ends
-            or head.count(b"\r") != line_ends
-            or b"\0" in head
-            or (headers and _NAMES.fullmatch(b"\n".join([name for name, _ in headers])) is None)
-        ):
-            raise ValueError("request line or header not representable on the wire")
-        for attempt in (0, 1):
+        """See :class:`gateway.upstream.Upstream`. ``fresh``: the retry of a request sent on a reused connection that
+        closed before answering (:meth:`start`'s caller): a new connection, and no second retry."""
+        parsed = self._origin(origin)
+        head, length, chunked = _request_head(method, parsed, target, headers, has_body=body is not None)
+        for attempt in (1,) if fresh else (0, 1):
             connection = None if attempt else self._idle_connection(origin)
             if connection is None:
                 connection = await self._acquire(origin, parsed, timeouts.connect, fresh=attempt > 0)
@@ -448,8 +529,7 @@ class HttptoolsUpstream:
                     await connection.wait()
             except BadGateway:
                 connection.close()
-                retry = connection.exchanges > 1 and not connection.received and body is None
-                if attempt == 0 and retry and method in _IDEMPOTENT:
+                if attempt == 0 and body is None and connection.retryable(method):
                     continue
                 raise
             except BaseException:

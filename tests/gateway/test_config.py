@@ -61,6 +61,7 @@ def test_issue_example_parses_with_documented_defaults(tmp_path: Path) -> None:
     )
     assert config.routes[1].forward_token is False
     assert config.routes[1].max_body_bytes == 10_485_760
+    assert config.fast_lane is True
     assert config.issuer("http://127.0.0.1:8000") is config.issuers[0]
 
 
@@ -87,6 +88,7 @@ def test_every_key_set() -> None:
                 "trusted_proxies": ["10.0.0.0/8", "::1"],
                 "token_cache_size": 10,
                 "max_token_bytes": 4096,
+                "fast_lane": False,
                 "timeout": 7,
                 "connect_timeout": 1.5,
                 "max_body_bytes": 100,
@@ -126,7 +128,7 @@ def test_every_key_set() -> None:
         },
         {"MY_SECRET": PROOF_SECRET + "," + PROOF_SECRET[::-1]},
     )
-    assert config.realm == "edge" and config.leeway == 5
+    assert config.realm == "edge" and config.leeway == 5 and config.fast_lane is False
     assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert config.metrics_path is None
     assert config.proof_secrets == (PROOF_SECRET.encode(), PROOF_SECRET[::-1].encode())
@@ -279,6 +281,7 @@ ROUTE1 = "routes__1__"
         ),
         pytest.param(base(server__trusted_proxies=["localhost"]), ENV, "'localhost' is not an IP", id="proxy name"),
         pytest.param(base(server__token_cache_size=-1), ENV, "token_cache_size: must be between", id="cache size"),
+        pytest.param(base(server__fast_lane="yes"), ENV, "server.fast_lane: must be true or false", id="fast lane"),
         pytest.param(base(health__livez_path="livez"), ENV, "livez_path: must be a plain absolute path", id="rel"),
         pytest.param(base(health__readyz_path="/ready z"), ENV, "readyz_path: must be a plain", id="space in path"),
         pytest.param(base(health__readyz_path="/livez"), ENV, "health: livez_path, readyz_path", id="same paths"),

@@ -41,11 +41,20 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-UPSTREAMS = {"httpx": HttpxUpstream, "aiohttp": AiohttpUpstream, "httptools": HttptoolsUpstream}
+# "httptools" runs with the fast lane on (the default: bodiless requests forwarded from callbacks, gateway/express.py),
+# "httptools-asgi" with it off: every case here must pass on both (issue 7: the fast path passes what the slow one
+# does).
+UPSTREAMS = {
+    "httpx": HttpxUpstream,
+    "aiohttp": AiohttpUpstream,
+    "httptools": HttptoolsUpstream,
+    "httptools-asgi": HttptoolsUpstream,
+}
 
 
 class Stack:
     def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
         self.loop = LoopThread()
         self.backend = Backend(self.loop)
         self.hanging = HangingUpstream()
@@ -75,8 +84,8 @@ class Stack:
             {"path": "/cut/{rest:path}", "upstream": f"http://127.0.0.1:{cut}", "auth": "public"},
         ]
         self.backend_url = backend
-        self.config = gateway_config(routes, issuers=[])
-        app = create_app(self.config, upstream=UPSTREAMS[upstream]())
+        self.config = gateway_config(routes, issuers=[], server={"fast_lane": upstream != "httptools-asgi"})
+        app = self.app = create_app(self.config, upstream=UPSTREAMS[upstream]())
         self.url = f"http://127.0.0.1:{self.loop.start_uvicorn(app)}"
 
 
@@ -93,6 +102,17 @@ def stack(request):
 def client(stack):
     with httpx.Client(base_url=stack.url, timeout=5, trust_env=False) as client:
         yield client
+
+
+def test_the_fast_lane_is_on_only_where_configured(stack, client):
+    """The cases here run on the fast lane with "httptools" (where a bodiless request finds an idle connection) and
+    never with "httptools-asgi" or the other clients: without this a broken lane switch would pass unnoticed."""
+    before = stack.app.express_requests
+    for _ in range(3):
+        assert client.get("/b/lane").status_code == 200
+    lane = stack.app.express_requests - before
+    assert lane >= (2 if stack.upstream == "httptools" else 0)
+    assert lane == 0 or stack.upstream == "httptools"
 
 
 def test_response_streams_before_the_upstream_finishes(stack, client):
