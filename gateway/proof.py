@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -88,9 +89,19 @@ def request_target(raw_path: bytes, query_string: bytes) -> str:
     return target
 
 
+@functools.lru_cache(maxsize=16)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with ``secret``, nothing hashed yet: copied per request. hmac.digest(secret, msg, "sha256")
+    looks the digest up by name in OpenSSL and keys it on every call, ~5 µs of a fast-lane request in place
+    against ~1 µs for a copy (issue 7)."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
 def _mac(secret: bytes, method: str, target: str, timestamp: int, user_id: str, email: str, request_id: str) -> bytes:
     canonical = "\n".join(("edge-proof-v1", method.upper(), target, str(timestamp), user_id, email, request_id))
-    return hmac.digest(secret, canonical.encode("utf-8"), "sha256")  # one-shot: the C fast path, no HMAC object
+    mac = _keyed(secret).copy()
+    mac.update(canonical.encode("utf-8"))
+    return mac.digest()
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
