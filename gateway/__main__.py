@@ -134,11 +134,8 @@ def log_config(level: str, *, access_log: bool = True) -> dict[str, Any]:
 
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["formatters"]["json_line"] = {"format": "%(message)s"}
-    config["handlers"]["gateway_access"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "json_line",
-        "stream": "ext://sys.stderr",
-    }
+    # Buffered: flushed every second by the app, not after every line (gateway/accesslog.py).
+    config["handlers"]["gateway_access"] = {"()": "gateway.accesslog.LineHandler", "formatter": "json_line"}
     config["loggers"]["gateway"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     config["loggers"]["gateway.access"] = {
         "handlers": ["gateway_access"],

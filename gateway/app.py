@@ -194,6 +194,7 @@ class Gateway:
             self._flusher.cancel()
             self._flusher = None
         self.flush_metrics()
+        accesslog.flush()
         await self.jwks.aclose()
         if self.revocations is not None:
             await self.revocations.aclose()
@@ -463,6 +464,7 @@ class Gateway:
 
     def _flush_periodically(self) -> None:
         self.flush_metrics()
+        accesslog.flush()
         self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush_periodically)
 
     # --- responses the gateway makes itself --------------------------------------------------------------------

@@ -4,16 +4,29 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import accesslog
 from gateway.accesslog import AccessRecord, emit, format_line
+from tests.gateway._fwd_servers import free_port, wait_live
+from tests.gateway.conftest import PROOF_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NOW = datetime.datetime(2026, 11, 26, 15, 4, 5, 678901, tzinfo=datetime.UTC)
 
@@ -85,3 +98,71 @@ def test_emit_goes_through_the_loggers_handlers_and_only_when_enabled(caplog):
     assert logged.name == "gateway.access" and logged.levelno == logging.INFO
     assert json.loads(logged.getMessage())["request_id"] == "r" * 32
     assert accesslog.logger.name == "gateway.access"
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_the_cli_handler_buffers_lines_until_flushed() -> None:
+    """A flush is a write system call on the real stream: one per request was a fifth of a request's CPU (issue 7)."""
+    stream = _CountingStream()
+    handler = accesslog.LineHandler(stream)
+    accesslog.logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            handler.handle(logging.LogRecord("gateway.access", logging.INFO, __file__, 0, '{"a":1}', None, None))
+        assert stream.getvalue() == '{"a":1}\n' * 3 and stream.flushes == 0
+        accesslog.flush()
+        assert stream.flushes == 1
+    finally:
+        accesslog.logger.removeHandler(handler)
+
+
+def test_the_cli_writes_access_lines_within_a_second_and_all_of_them_at_shutdown(tmp_path) -> None:
+    config = tmp_path / "gateway.toml"
+    # Nothing listens on the upstream port: every request is a 502, logged like any other.
+    upstream = f"http://127.0.0.1:{free_port()}"
+    config.write_text(f'[[routes]]\npath = "/r/{{rest:path}}"\nupstream = "{upstream}"\nauth = "public"\n')
+    port = free_port()
+    env = {**os.environ, "EDGE_PROOF_SECRET": PROOF_SECRET}
+    argv = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--graceful-timeout", "2"]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: list[dict[str, object]] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            if raw.startswith(b"{"):
+                lines.append(json.loads(raw))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_live(url, process)
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            assert client.get(f"{url}/r/first").status_code == 502
+            deadline = time.monotonic() + 3  # flushed by the app's one-second timer
+            while not any(line.get("route") == "/r/{rest:path}" for line in lines) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [line["status"] for line in lines if line.get("route") == "/r/{rest:path}"] == [502]
+            for _ in range(5):
+                assert client.get(f"{url}/r/more").status_code == 502
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)
+    reader.join(5)
+    process.stderr.close()
+    assert [line["status"] for line in lines if line.get("route") == "/r/{rest:path}"] == [502] * 6
