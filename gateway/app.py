@@ -298,7 +298,7 @@ class Gateway:
         try:
             if token is not None:
                 try:
-                    claims = self.verifier.verify_cached(token)
+                    claims = self.verifier.verify_now(token)  # cached, or checked now if its key is at hand
                 except GatewayError as exc:
                     self._refused(exchange.record, exc)
                     raise

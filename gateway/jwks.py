@@ -296,6 +296,22 @@ class JwksCache:
             raise InvalidToken("alg_mismatch")
         return key
 
+    def key_now(self, issuer: str, kid: str | None, alg: str) -> jwt.PyJWK | None:
+        """:meth:`get_key` when it would await nothing (the fast lane, gateway/express.py): the key, if the issuer's
+        keys are fresh and hold ``kid``; None when :meth:`get_key` has a fetch to start or wait for, or an error to
+        decide after one. Raises ``alg_mismatch`` as :meth:`get_key` does."""
+        state = self._issuers.get(issuer)
+        keys = None if state is None else state.keys
+        if keys is None or self._clock() >= keys.fresh_until:
+            return None
+        bound = self._lookup(keys, kid)
+        if bound is None:
+            return None
+        key = bound.get(alg)
+        if key is None:
+            raise InvalidToken("alg_mismatch")
+        return key
+
     @staticmethod
     def _lookup(keys: KeySet, kid: str | None) -> dict[str, jwt.PyJWK] | None:
         if kid is None:

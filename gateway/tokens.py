@@ -312,27 +312,59 @@ class TokenVerifier:
     async def verify(self, token: str) -> Claims:
         """The verified claims of ``token``, or :class:`InvalidToken` (or :class:`ServiceUnavailable` from the key
         cache when the issuer has no usable keys, or from ``is_revoked``)."""
+        claims = self.verify_now(token)
+        if claims is not None:
+            return claims
+        # No key at hand: fetch it (or learn that there is none), then check the token with it.
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        parsed = self._parse(token)  # verify_now parsed it without an error
+        self.misses += 1
+        try:
+            verified = self._check(parsed, await self._keys.get_key(parsed.issuer.issuer, parsed.kid, parsed.alg))
+        except InvalidToken as exc:
+            self._failed(digest, exc)
+            raise
+        return self._accepted(digest, verified)
+
+    def verify_now(self, token: str) -> Claims | None:
+        """:meth:`verify` without awaiting (the fast lane, gateway/express.py, and the first step of ``verify``): the
+        claims of a cached token, or of one whose key is at hand, checked now; None, with nothing counted, when a key
+        has to be fetched first. Raises what ``verify`` raises."""
         if len(token) > self._max_token_bytes:
             raise InvalidToken("oversized")
         if not token.isascii():
             raise InvalidToken("malformed")
         digest = hashlib.sha256(token.encode("ascii")).digest()
         verified = self._cached(digest)
-        if verified is None:
-            self.misses += 1
-            failure = self._negative.get(digest) if self._negative is not None else None
-            if failure is not None:
-                raise InvalidToken(*failure)
-            try:
-                verified = await self._verify(token)
-            except InvalidToken as exc:
-                if self._negative is not None and exc.reason in _NEGATIVE_REASONS:
-                    self._negative[digest] = (exc.reason, exc.message)
-                raise
-            if self._cache is not None:
-                self._cache[digest] = verified
-        else:
+        if verified is not None:
             self.hits += 1
+            if self._is_revoked is not None and self._is_revoked(verified.claims):
+                raise InvalidToken("revoked")
+            return verified.claims
+        failure = self._negative.get(digest) if self._negative is not None else None
+        if failure is not None:
+            self.misses += 1
+            raise InvalidToken(*failure)
+        try:
+            parsed = self._parse(token)
+            key = self._keys.key_now(parsed.issuer.issuer, parsed.kid, parsed.alg)
+            if key is None:
+                return None
+            verified = self._check(parsed, key)
+        except InvalidToken as exc:
+            self.misses += 1
+            self._failed(digest, exc)
+            raise
+        self.misses += 1
+        return self._accepted(digest, verified)
+
+    def _failed(self, digest: bytes, exc: InvalidToken) -> None:
+        if self._negative is not None and exc.reason in _NEGATIVE_REASONS:
+            self._negative[digest] = (exc.reason, exc.message)
+
+    def _accepted(self, digest: bytes, verified: _Verified) -> Claims:
+        if self._cache is not None:
+            self._cache[digest] = verified
         if self._is_revoked is not None and self._is_revoked(verified.claims):
             raise InvalidToken("revoked")
         return verified.claims
@@ -353,6 +385,12 @@ class TokenVerifier:
         return verified
 
     async def _verify(self, token: str) -> _Verified:
+        parsed = self._parse(token)
+        key = await self._keys.get_key(parsed.issuer.issuer, parsed.kid, parsed.alg)
+        return self._check(parsed, key)
+
+    def _parse(self, token: str) -> _Parsed:
+        """Steps 1-3 of the module docstring: everything decided before a key is needed."""
         parts = token.encode("ascii").split(b".")
         if len(parts) != 3:
             raise InvalidToken("malformed")
@@ -379,7 +417,11 @@ class TokenVerifier:
             raise InvalidToken("alg_not_allowed")
         if not parts[2]:
             raise InvalidToken("malformed")
-        key = await self._keys.get_key(config.issuer, kid, alg)
+        return _Parsed(parts, payload, config, alg, kid)
+
+    def _check(self, parsed: _Parsed, key: jwt.PyJWK) -> _Verified:
+        """Steps 4-6: the key's binding, the signature, the claims."""
+        parts, payload, config, alg = parsed.parts, parsed.payload, parsed.issuer, parsed.alg
         if key.algorithm_name != alg:  # get_key returns the binding for alg; PyJWT would refuse a mismatch too
             raise InvalidToken("alg_mismatch")
         signature = _base64url(parts[2])
@@ -403,6 +445,16 @@ class TokenVerifier:
             key_fingerprint=_fingerprint(key),
             expires_at=float(claims.exp),
         )
+
+
+class _Parsed(NamedTuple):
+    """A token's parts and what was read from them before its key is looked up."""
+
+    parts: list[bytes]
+    payload: dict[str, Any]
+    issuer: IssuerConfig
+    alg: str
+    kid: str | None
 
 
 def authorize(match: RouteMatch, claims: Claims) -> None:

@@ -29,6 +29,9 @@ EMAIL_CLAIM = {"email": EMAIL}
 OWNER = "user-123"
 TOKEN = mint(KEY, sub=OWNER, ttl=3600)
 OTHER = mint(KEY, sub="someone-else", ttl=3600)
+FRESH = mint(KEY, sub=OWNER, ttl=3600, jti="fresh")  # verified on the lane: sent once to each gateway
+FORGED = TOKEN[:-8] + ("AAAAAAAA" if not TOKEN.endswith("AAAAAAAA") else "BBBBBBBB")
+UNKNOWN_KID = mint(make_key("EdDSA", kid="not-published"), sub=OWNER, ttl=3600)
 
 # Canned upstream answers by the request path's last segment (see ScriptedKeepAlive).
 ANSWERS = {
@@ -201,8 +204,19 @@ CASES = [
     ("owner, other's path, cached token: 403", request("GET", "/api/someone-else/items", BEARER), True),
     ("authenticated, required claim present", request("GET", "/me/profile", BEARER), True),
     ("token forwarded when the route says so", request("GET", "/relay/x", BEARER), True),
+    (
+        "owner, token not yet cached, key at hand",
+        request("GET", f"/api/{OWNER}/items", f"Authorization: Bearer {FRESH}"),
+        True,
+    ),
+    ("forged signature: 401", request("GET", f"/api/{OWNER}/items", f"Authorization: Bearer {FORGED}"), True),
+    (
+        "unknown kid: 401 after a refetch",
+        request("GET", f"/api/{OWNER}/x", f"Authorization: Bearer {UNKNOWN_KID}"),
+        False,
+    ),
     ("missing token: 401", request("GET", f"/api/{OWNER}/items"), False),
-    ("malformed token: 401", request("GET", f"/api/{OWNER}/items", "Authorization: Bearer abc"), False),
+    ("malformed token: 401", request("GET", f"/api/{OWNER}/items", "Authorization: Bearer abc"), True),
     ("two Authorization headers: 400", request("GET", "/me/profile", BEARER, BEARER), False),
     ("HEAD", request("HEAD", "/s/ok"), False),
     ("POST with a body", request("POST", "/s/ok", "Content-Length: 3", body=b"abc"), False),

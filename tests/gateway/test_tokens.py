@@ -738,3 +738,27 @@ def test_the_b64token_check_is_rfc6750s_grammar(data: bytes) -> None:
     """The translate-based check (issue 7: a regex cost ten times more on a 300-character token) accepts exactly
     the RFC 6750 §2.1 b64token grammar."""
     assert _is_b64token(data) == (re.fullmatch(rb"[A-Za-z0-9._~+/-]+=*", data) is not None)
+
+
+async def test_verify_now_waits_for_nothing_and_counts_nothing_when_a_key_must_be_fetched(jwks_endpoint, clock):
+    """The fast lane's check (gateway/express.py): None until the issuer's keys are at hand, then the claims."""
+    key = make_key("EdDSA")
+    jwks_endpoint.serve(key)
+    async with jwks_endpoint.client() as client:
+        cache = JwksCache([issuer_config()], client, clock=clock)
+        verifier = TokenVerifier([issuer_config()], cache, clock=clock)
+        token = mint(key, now=clock())
+        assert verifier.verify_now(token) is None  # no keys fetched yet
+        assert (verifier.hits, verifier.misses, jwks_endpoint.requests) == (0, 0, 0)
+        assert (await verifier.verify(token)).sub == SUBJECT  # fetches, then checks
+        assert (verifier.hits, verifier.misses, jwks_endpoint.requests) == (0, 1, 1)
+        other = mint(key, now=clock(), sub="someone-else")
+        assert verifier.verify_now(other).sub == "someone-else"  # key at hand: checked at once
+        assert verifier.verify_now(other).sub == "someone-else"  # then cached
+        assert (verifier.hits, verifier.misses, jwks_endpoint.requests) == (1, 2, 1)
+        stranger = mint(make_key("EdDSA", kid="k2"), now=clock())
+        assert verifier.verify_now(stranger) is None  # an unknown kid: verify decides, after a refetch
+        with pytest.raises(InvalidToken) as refused:
+            verifier.verify_now(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"))
+        assert refused.value.reason == "bad_signature"
+        await cache.aclose()
