@@ -86,9 +86,15 @@ def _now() -> str:
 
 def emit(record: AccessRecord, latency_ms: float) -> None:
     if logger.isEnabledFor(logging.INFO):
-        # A record made directly and handed to the logger's handlers: Logger.info would also walk the stack to find
-        # its caller, which no access line shows. Handlers, filters and levels configured for the logger still apply.
         line = format_line(record, latency_ms)
+        handlers = logger.handlers
+        if len(handlers) == 1 and not logger.filters and isinstance(handlers[0], LineHandler) and handlers[0].plain:
+            # The CLI's own setup: the line is the whole output, so it goes straight to the buffer. A LogRecord and
+            # the handler's lock and formatting cost more than the line itself (~4 µs of ~6, issue 7).
+            handlers[0].write_line(line)
+            return
+        # Anything else configured: a record made directly and handed to the logger's handlers (Logger.info would
+        # also walk the stack to find its caller, which no access line shows); their filters and levels apply.
         logger.handle(logging.LogRecord(logger.name, logging.INFO, __file__, 0, line, None, None))
 
 
@@ -100,6 +106,20 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if stream is None:
             stream = open(sys.stderr.fileno(), "w", buffering=64 * 1024, encoding="utf-8", closefd=False)  # noqa: SIM115
         super().__init__(stream)
+
+    @property
+    def plain(self) -> bool:
+        """Whether a line may skip the handler's machinery: no filters, INFO passes, and the format is the bare
+        message (the CLI's ``%(message)s``)."""
+        formatter = self.formatter
+        bare = formatter is None or formatter._fmt == "%(message)s"
+        return bare and not self.filters and self.level <= logging.INFO
+
+    def write_line(self, line: str) -> None:
+        try:
+            self.stream.write(line + self.terminator)
+        except Exception:  # as logging does: a broken stream must not fail the request
+            self.handleError(logging.LogRecord(logger.name, logging.INFO, __file__, 0, line, None, None))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -166,3 +166,77 @@ def test_the_cli_writes_access_lines_within_a_second_and_all_of_them_at_shutdown
     reader.join(5)
     process.stderr.close()
     assert [line["status"] for line in lines if line.get("route") == "/r/{rest:path}"] == [502] * 6
+
+
+def _line_handler(formatter: logging.Formatter | None = None) -> tuple[accesslog.LineHandler, _CountingStream]:
+    stream = _CountingStream()
+    handler = accesslog.LineHandler(stream)
+    handler.setFormatter(formatter or logging.Formatter("%(message)s"))
+    return handler, stream
+
+
+RECORD = AccessRecord(request_id="ab" * 16, method="GET", route="/r", status=200, user="u1", auth="valid")
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(lambda handler: None, id="the CLI's setup: straight to the buffer"),
+        pytest.param(lambda handler: accesslog.logger.addFilter(_Tag()), id="a logger filter"),
+        pytest.param(lambda handler: handler.addFilter(_Tag()), id="a handler filter"),
+        pytest.param(lambda handler: handler.setFormatter(logging.Formatter("access %(message)s")), id="a format"),
+        pytest.param(lambda handler: handler.setLevel(logging.WARNING), id="a handler level above INFO"),
+    ],
+)
+def test_the_direct_write_is_taken_only_where_it_changes_nothing(setup) -> None:
+    handler, stream = _line_handler()
+    accesslog.logger.addHandler(handler)
+    level = accesslog.logger.level
+    accesslog.logger.setLevel(logging.INFO)
+    try:
+        setup(handler)
+        emit(RECORD, 1.5)
+        line = format_line(RECORD, 1.5, NOW)
+        written = stream.getvalue()
+        if handler.level > logging.INFO:
+            assert written == ""
+        elif handler.formatter and handler.formatter._fmt != "%(message)s":
+            assert re.fullmatch(r"access \{.*\}\n", written)
+        else:
+            tagged = bool(accesslog.logger.filters or handler.filters)
+            assert json.loads(written)["request_id"] == RECORD.request_id
+            assert len(written.splitlines()) == 1 and written.endswith("\n")
+            assert _Tag.seen == tagged  # a filter saw a record only where one is configured
+        assert json.loads(line)["request_id"] == RECORD.request_id
+    finally:
+        _Tag.seen = False
+        accesslog.logger.removeHandler(handler)
+        for existing in list(accesslog.logger.filters):
+            accesslog.logger.removeFilter(existing)
+        accesslog.logger.setLevel(level)
+
+
+class _Tag(logging.Filter):
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _Tag.seen = True
+        return True
+
+
+def test_the_clis_setup_makes_no_log_record(monkeypatch) -> None:
+    handler, stream = _line_handler()
+    accesslog.logger.addHandler(handler)
+    level = accesslog.logger.level
+    accesslog.logger.setLevel(logging.INFO)
+
+    def no_record(record: logging.LogRecord) -> None:
+        raise AssertionError("the plain setup went through Logger.handle")
+
+    monkeypatch.setattr(accesslog.logger, "handle", no_record)
+    try:
+        emit(RECORD, 1.5)
+        assert json.loads(stream.getvalue())["status"] == 200 and stream.flushes == 0
+    finally:
+        accesslog.logger.removeHandler(handler)
+        accesslog.logger.setLevel(level)
