@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -101,9 +102,16 @@ def test_emit_goes_through_the_loggers_handlers_and_only_when_enabled(caplog):
 
 
 class _CountingStream(io.StringIO):
+    """Records each piece written and each flush (on the real stderr, a flush is one write system call)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.flushes = 0
+        self.pieces: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.pieces.append(text)
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -118,11 +126,27 @@ def test_the_cli_handler_buffers_lines_until_flushed() -> None:
     try:
         for _ in range(3):
             handler.handle(logging.LogRecord("gateway.access", logging.INFO, __file__, 0, '{"a":1}', None, None))
-        assert stream.getvalue() == '{"a":1}\n' * 3 and stream.flushes == 0
+        assert stream.getvalue() == "" and stream.flushes == 0
         accesslog.flush()
-        assert stream.flushes == 1
+        assert stream.getvalue() == '{"a":1}\n' * 3 and stream.flushes == 1
     finally:
         accesslog.logger.removeHandler(handler)
+
+
+def test_lines_are_written_whole_in_atomic_pipe_sized_pieces() -> None:
+    """Workers share stderr: a write of at most PIPE_BUF bytes to a pipe is never split or interleaved (POSIX)."""
+    stream = _CountingStream()
+    handler = accesslog.LineHandler(stream)
+    lines = [json.dumps({"n": n, "pad": "x" * (n % 300)}) for n in range(200)] + ["y" * (select.PIPE_BUF + 10)]
+    for line in lines:
+        handler.write_line(line)
+    handler.flush()
+    assert stream.getvalue() == "".join(line + "\n" for line in lines)
+    assert len(stream.pieces) > 10  # written as it gathered, not all at the end
+    for piece in stream.pieces:
+        assert piece.endswith("\n")
+        assert len(piece) <= select.PIPE_BUF or piece.count("\n") == 1  # only a line too long for a piece goes alone
+    assert stream.flushes == len(stream.pieces)
 
 
 def test_the_cli_writes_access_lines_within_a_second_and_all_of_them_at_shutdown(tmp_path) -> None:
@@ -196,6 +220,7 @@ def test_the_direct_write_is_taken_only_where_it_changes_nothing(setup) -> None:
     try:
         setup(handler)
         emit(RECORD, 1.5)
+        handler.flush()
         line = format_line(RECORD, 1.5, NOW)
         written = stream.getvalue()
         if handler.level > logging.INFO:
@@ -236,7 +261,9 @@ def test_the_clis_setup_makes_no_log_record(monkeypatch) -> None:
     monkeypatch.setattr(accesslog.logger, "handle", no_record)
     try:
         emit(RECORD, 1.5)
-        assert json.loads(stream.getvalue())["status"] == 200 and stream.flushes == 0
+        assert stream.getvalue() == ""
+        handler.flush()
+        assert json.loads(stream.getvalue())["status"] == 200 and stream.flushes == 1
     finally:
         accesslog.logger.removeHandler(handler)
         accesslog.logger.setLevel(level)
