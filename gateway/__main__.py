@@ -210,6 +210,7 @@ else:
 
             app = self.app
             self._gateway = app if isinstance(app, Gateway) and app.fast_lane and not self.limit_concurrency else None
+            self.lane: Any = None  # the request on the fast lane, if one is (gateway/express.py)
             self._head_timeout, self._head_limit = head_limits()
             self._head_timer: asyncio.TimerHandle | None = None
             self._idle_timer: asyncio.TimerHandle | None = None
@@ -237,6 +238,10 @@ else:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._in_head and self._head_deadline is None:
+                # The first bytes after a response start the head timeout even if they begin no request: a bare CRLF
+                # (which llhttp skips) cancels the keep-alive timeout and would leave neither armed (slowloris).
+                self._arm_head_timer()
             if not self._in_head:
                 super().data_received(data)
                 return

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterable, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import httpx
@@ -101,6 +101,29 @@ class _Response:
         return self._send(message)
 
 
+class _FreshConnection:
+    """The httptools client, sending on a new connection (the retry of RFC 9112 §9.3.1 after the fast lane's reused
+    one closed unanswered), as an :class:`Upstream` so the retry runs inside ``proxy.forward`` and its disconnect
+    watch."""
+
+    def __init__(self, client: HttptoolsUpstream) -> None:
+        self._client = client
+
+    async def send(
+        self,
+        method: str,
+        origin: str,
+        target: bytes,
+        headers: Sequence[Header],
+        body: AsyncIterable[bytes] | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        return await self._client.send(method, origin, target, headers, body, timeouts, fresh=True)
+
+    async def aclose(self) -> None:
+        pass  # the client itself is closed at shutdown
+
+
 class Exchange:
     """One request on its way through the gateway: what the pipeline decided (the route, the headers to send),
     carried to the forward, whether by the request's task or by the fast lane's callbacks (gateway/express.py)."""
@@ -150,7 +173,7 @@ class Gateway:
         self._cache_counts = (0, 0)
         self._flusher: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known from start-up (proxy.forward)
-        #: Whether bodiless requests with a cached token may take the fast lane (gateway/express.py).
+        #: Whether bodiless requests may take the fast lane (gateway/express.py).
         self.fast_lane = config.fast_lane and isinstance(upstream, HttptoolsUpstream)
         self.express_requests = 0
         self._fast_counted = 0
@@ -270,7 +293,7 @@ class Gateway:
     ) -> Exchange | None:
         """The fast lane's admission (gateway/express.py): the same pipeline as :meth:`handle`, without awaiting
         anything, for a request that needs nothing awaited. None, with nothing counted or recorded, when it needs
-        the full path: an admin path, no route, a token not in the cache, no idle upstream connection to write to.
+        the full path: an admin path, no route, a key to fetch first, no idle upstream connection to write to.
         Otherwise the exchange, ready to send, or holding the refusal (``error``) the full path would make."""
         if not self.fast_lane or raw_path in self._admin:
             return None
@@ -381,28 +404,26 @@ class Gateway:
     ) -> None:
         if error is not None:
             raise error
-        if fresh:
-            upstream = self._targets[id(exchange.route)]
-            assert isinstance(self.upstream, HttptoolsUpstream) and exchange.headers is not None
-            response = await self.upstream.send(
-                exchange.method,
-                upstream.origin,
-                exchange.target,
-                exchange.headers.headers,
-                None,
-                upstream.timeouts,
-                fresh=True,
-            )
-        await self._forward(exchange, receive, respond, response)
+        await self._forward(exchange, receive, respond, response, fresh=fresh)
 
     async def _forward(
-        self, exchange: Exchange, receive: Receive, respond: _Response, response: UpstreamResponse | None = None
+        self,
+        exchange: Exchange,
+        receive: Receive,
+        respond: _Response,
+        response: UpstreamResponse | None = None,
+        *,
+        fresh: bool = False,
     ) -> None:
         route, forwarded = exchange.route, exchange.headers
         assert route is not None and forwarded is not None
         upstream = self._targets[id(route)]
+        client: Upstream = self.upstream
+        if fresh:  # the fast lane's retry: a new connection, no retry of its own (HttptoolsUpstream.send)
+            assert isinstance(client, HttptoolsUpstream)
+            client = _FreshConnection(client)
         await proxy.forward(
-            self.upstream,
+            client,
             method=exchange.method,
             origin=upstream.origin,
             target=exchange.target,

@@ -1,5 +1,5 @@
-"""The fast lane: a bodiless request whose token is in the cache, forwarded from the server's parser callbacks, with
-no ASGI task, no coroutine and no future (issue 7).
+"""The fast lane: a bodiless request whose token is cached, or can be checked at once with a key at hand, forwarded
+from the server's parser callbacks, with no ASGI task, no coroutine and no future (issue 7).
 
 The ASGI path costs a task per request, a coroutine per ``await``, a dict per message and uvicorn's per-header
 checks on the response; together several times what the work itself costs (verifying a cached token, rewriting the
@@ -7,17 +7,19 @@ headers, the proof). nginx and HAProxy answer from event callbacks; for the requ
 does the gateway:
 
 1. uvicorn's parser completes a request head (``OriginFormHttpToolsProtocol.on_headers_complete``). If the request
-   can have no body, is HTTP/1.1 keep-alive, origin-form, not a pipelined one behind a response in progress, the
-   gateway admits it synchronously (:meth:`gateway.app.Gateway.express`: the same route match, token cache lookup,
-   authorization and header rewriting as the ASGI path) onto an idle upstream connection
-   (:meth:`gateway.upstream_httptools.HttptoolsUpstream.start`). Anything else (an admin path, no route, a token
-   to verify, no idle connection) takes the ASGI path untouched: nothing was counted or logged yet.
+   can have no body, is HTTP/1.1 keep-alive, origin-form, not a pipelined one behind a response in progress, and
+   its client reads its answers (the transport is not paused for writing), the gateway admits it synchronously
+   (:meth:`gateway.app.Gateway.express`: the same route match, token check (``TokenVerifier.verify_now``: the
+   cache, or the signature with a key already fetched), authorization and header rewriting as the ASGI path) onto
+   an idle upstream connection (:meth:`gateway.upstream_httptools.HttptoolsUpstream.start`). Anything else (an
+   admin path, no route, a key to fetch, no idle connection) takes the ASGI path untouched: nothing was counted or
+   logged yet.
 2. The upstream connection calls :meth:`Lane.moved` after each read. When the response is complete (the usual small
    answer) it goes to the client in one write, framed exactly as uvicorn frames what the ASGI path sends: ``date``,
    the upstream's headers less hop-by-hop ones, ``x-request-id``, then the body with its ``Content-Length`` or, when
    the upstream sent none, as one chunk (tests/gateway/test_express.py compares the two paths byte for byte).
 3. Everything unusual continues as an ordinary uvicorn request cycle and task running
-   :meth:`gateway.app.Gateway.resume`: a refusal (401/403 for a cached token), an upstream error or timeout (502/504,
+   :meth:`gateway.app.Gateway.resume`: a refusal (401/403), an upstream error or timeout (502/504,
    or the RFC 9112 §9.3.1 retry on a new connection), a response whose body is still arriving (streamed, with the
    ASGI path's flow control), a header uvicorn would refuse to send. Same code as the ASGI path from there on.
 
@@ -31,6 +33,7 @@ closes the upstream connection (it is not reused half-read) and is logged 499, a
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any, cast
@@ -54,6 +57,8 @@ _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUS = (204, 304)
 
+logger = logging.getLogger("gateway")
+
 
 class _NoEvent:
     """uvicorn sets the cycle's ``message_event`` when the request ends or the client leaves; the lane needs neither."""
@@ -74,6 +79,8 @@ def admit(protocol: HttpToolsProtocol, gateway: Gateway) -> bool:
         return False
     if protocol.cycle is not None and not protocol.cycle.response_complete:
         return False  # pipelined behind a response in progress: uvicorn queues it
+    if protocol.flow.write_paused:
+        return False  # a client not reading its answers: the ASGI path waits for it (a lane would buffer without end)
     parser = protocol.parser
     if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
         return False
@@ -86,15 +93,21 @@ def admit(protocol: HttpToolsProtocol, gateway: Gateway) -> bool:
         return False
     raw_path, _, query = url.partition(b"?")
     client = protocol.client
-    exchange = gateway.express(
-        method, raw_path, query, header_list, client[0] if client else None, protocol.scheme or "http"
-    )
+    try:
+        exchange = gateway.express(
+            method, raw_path, query, header_list, client[0] if client else None, protocol.scheme or "http"
+        )
+    except Exception:  # a bug: the ASGI path runs the same steps again and answers it as one (500, logged)
+        logger.exception("fast lane admission failed; the request takes the ASGI path")
+        return False
     if exchange is None:
         return False
+    # The request's own scope: a pipelined request that begins while this one is out replaces protocol.scope.
     scope = protocol.scope
     scope["method"], scope["raw_path"], scope["query_string"] = method, raw_path, query
-    lane = Lane(protocol, gateway, exchange)
+    lane = Lane(protocol, gateway, exchange, scope)
     protocol.cycle = lane  # type: ignore[assignment]
+    cast(Any, protocol).lane = lane  # OriginFormHttpToolsProtocol's: the connection's request on the lane, if any
     lane.start()
     return True
 
@@ -102,8 +115,8 @@ def admit(protocol: HttpToolsProtocol, gateway: Gateway) -> bool:
 def client_lost(protocol: HttpToolsProtocol) -> None:
     """The client connection ended: an exchange still on the lane is given up (called before uvicorn's own
     ``connection_lost``)."""
-    lane = protocol.cycle
-    if isinstance(lane, Lane) and not lane.response_complete:
+    lane: Lane | None = getattr(protocol, "lane", None)  # the protocol's cycle may be a pipelined request's by now
+    if lane is not None and not lane.response_complete:
         lane.abandon()
 
 
@@ -120,12 +133,14 @@ class Lane:
         "more_body",
         "protocol",
         "response_complete",
+        "scope",
     )
 
-    def __init__(self, protocol: HttpToolsProtocol, gateway: Gateway, exchange: Exchange) -> None:
-        self.protocol = protocol
+    def __init__(self, protocol: HttpToolsProtocol, gateway: Gateway, exchange: Exchange, scope: Any) -> None:
+        self.protocol: Any = protocol  # uvicorn's protocol, with OriginFormHttpToolsProtocol's ``lane``
         self.gateway = gateway
         self.exchange = exchange
+        self.scope = scope
         self.connection: _Connection | None = None
         # What uvicorn reads and writes on its cycle.
         self.response_complete = False
@@ -156,6 +171,16 @@ class Lane:
 
     def moved(self) -> None:
         """Step 2: the upstream connection read something, timed out or ended."""
+        try:
+            self._moved()
+        except Exception as exc:  # a bug: answered by the ASGI path's code (500, logged) rather than never
+            if self.response_complete:
+                raise
+            if self.connection is not None:
+                self.connection.close()
+            self.resume(error=exc)
+
+    def _moved(self) -> None:
         connection = self.connection
         assert connection is not None
         if connection.error is not None:
@@ -206,6 +231,7 @@ class Lane:
         transport = cast(CoalescingTransport, protocol.transport)  # OriginFormHttpToolsProtocol's own
         transport.write_now(b"".join(out))
         self.response_complete = True
+        self.protocol.lane = None
         self.gateway.done(self.exchange, status)
         if not self.keep_alive:
             transport.close()
@@ -217,6 +243,7 @@ class Lane:
         if self.connection is not None:
             self.connection.listener = None
             self.connection.close()
+        self.protocol.lane = None
         self.exchange.record.error = "client_disconnected"
         self.gateway.done(self.exchange, 499)
 
@@ -226,11 +253,12 @@ class Lane:
             self.connection.listener = None
         self.response_complete = True  # the lane is done with it, whatever happens next
         protocol = self.protocol
-        scope = protocol.scope
+        protocol.lane = None
+        scope = self.scope
         path = scope["raw_path"].decode("latin-1")
         scope["path"] = urllib.parse.unquote(path) if "%" in path else path  # as uvicorn has it, for its access log
         cycle = RequestResponseCycle(
-            scope=protocol.scope,
+            scope=scope,
             transport=protocol.transport,
             flow=protocol.flow,
             logger=protocol.logger,
@@ -245,7 +273,8 @@ class Lane:
         if not self.more_body:  # uvicorn's parser saw the end of the request while the lane had it
             cycle.more_body = False
             cycle.message_event.set()
-        protocol.cycle = cycle
+        if protocol.cycle is self:  # else a pipelined request's cycle is current: uvicorn starts it after this one
+            protocol.cycle = cycle
         gateway, exchange = self.gateway, self.exchange
 
         async def app(scope: Any, receive: Any, send: Any) -> None:

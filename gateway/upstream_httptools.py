@@ -190,6 +190,8 @@ class _Connection(asyncio.Protocol):
         if self.complete:  # a second response to one request: stop parsing here (feed() retires the connection)
             raise ValueError("data after the response")
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # llhttp takes any three digits; RFC 9110 §15 codes are 1xx-5xx
+            raise ValueError("status code out of range")
         if 100 <= status < 200:
             if status == 101:  # nothing asked to switch protocols (Upgrade is hop-by-hop, never forwarded)
                 raise ValueError("unexpected 101")

@@ -17,6 +17,7 @@ import httptools
 import httpx
 import pytest
 
+from gateway import express
 from gateway.app import create_app
 from tests.gateway._fwd_fixtures import gateway_config
 from tests.gateway._fwd_servers import Backend, LoopThread
@@ -50,6 +51,7 @@ ANSWERS = {
     "control-char": b"HTTP/1.1 200 OK\r\nx-odd: a\x01b\r\ncontent-length: 2\r\n\r\nok",
     "garbage": b"this is not HTTP\r\n\r\n",
     "short": b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+    "status-999": b"HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok",
 }
 CLOSE_AFTER = {"close", "until-eof", "garbage", "short"}
 
@@ -191,6 +193,7 @@ CASES = [
     ("control character in a response header", request("GET", "/s/control-char"), True),
     ("garbage from the upstream: 502", request("GET", "/s/garbage"), True),
     ("body shorter than its length", request("GET", "/s/short"), True),
+    ("status code out of range: 502", request("GET", "/s/status-999"), True),
     ("reused connection dropped: GET retried", request("GET", "/s/flaky"), True),
     ("reused connection dropped: POST not retried", request("POST", "/s/flaky"), True),
     ("upstream read timeout: 504", request("GET", "/s/hang"), True),
@@ -313,3 +316,117 @@ def test_the_keep_alive_timeout_still_closes_an_idle_connection():
         assert app.express_requests >= 3
     finally:
         loop.close()
+
+
+def read_all(sock: socket.socket, quiet: float = 0.5) -> bytes:
+    """Everything the gateway sends until the connection ends or stays quiet for ``quiet`` seconds."""
+    sock.settimeout(quiet)
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return received
+        if not data:
+            return received + b"<EOF>"
+        received += data
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param(request("GET", "/s/garbage"), request("HEAD", "/s/ok"), id="502 then HEAD"),
+        pytest.param(request("GET", "/s/not-found"), request("HEAD", "/s/ok"), id="answered then HEAD"),
+        pytest.param(request("GET", "/b/big?300000"), request("GET", "/s/chunked"), id="streamed then GET"),
+        pytest.param(request("GET", "/api/someone-else/x", BEARER), request("HEAD", "/s/ok"), id="403 then HEAD"),
+    ],
+)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "second head in two writes"])
+def test_a_request_pipelined_behind_one_on_the_lane(pair, first, second, split):
+    """The second request begins (replacing uvicorn's scope) or completes (replacing its cycle) while the first is
+    still out on the lane: the first must be answered as itself, then the second, on both gateways alike."""
+    results = {}
+    for name in ("asgi", "fast"):
+        warm(pair, pair.ports[name])
+        with socket.create_connection(("127.0.0.1", pair.ports[name]), timeout=5) as sock:
+            if split:
+                sock.sendall(first + second[:20])
+                time.sleep(0.2)
+                sock.sendall(second[20:])
+            else:
+                sock.sendall(first + second)
+            results[name] = normalized(read_all(sock))
+    assert results["fast"] == results["asgi"]
+    assert results["fast"].count(b"HTTP/1.1 ") == 2
+
+
+class _Flow:
+    write_paused = False
+
+
+class _Parser:
+    def get_http_version(self) -> str:
+        return "1.1"
+
+    def should_keep_alive(self) -> bool:
+        return True
+
+    def get_method(self) -> bytes:
+        return b"GET"
+
+
+class _Protocol:
+    """What express.admit reads of uvicorn's protocol, for the cases decided before the gateway is asked."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.url = b"/s/ok"
+        self.pipeline: list[Any] = []
+        self.cycle: Any = None
+        self.flow = _Flow()
+        self.parser = _Parser()
+        self.headers = [(b"host", b"a")]
+        self.client = ("127.0.0.1", 1)
+        self.scheme = "http"
+        self.scope: dict[str, Any] = {}
+        for name, value in overrides.items():
+            setattr(self, name, value)
+
+
+class _Busy:
+    response_complete = False
+
+
+def _paused() -> _Flow:
+    flow = _Flow()
+    flow.write_paused = True
+    return flow
+
+
+class _NotToBeAsked:
+    def express(self, *args: Any) -> None:
+        raise AssertionError("the gateway was asked")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"flow": _paused()}, id="the client is not reading: its answers would pile up"),
+        pytest.param({"cycle": _Busy()}, id="a response still in progress"),
+        pytest.param({"pipeline": [object()]}, id="requests queued"),
+        pytest.param({"url": b"http://a/s/ok"}, id="absolute-form"),
+        pytest.param({"url": b"/s/ok#frag"}, id="a fragment"),
+        pytest.param({"headers": [(b"content-length", b"0")]}, id="a body"),
+    ],
+)
+def test_admission_refuses_before_asking_the_gateway(overrides):
+    assert express.admit(_Protocol(**overrides), _NotToBeAsked()) is False
+
+
+def test_admission_asks_the_gateway_otherwise():
+    class Asked(_NotToBeAsked):
+        def express(self, *args: Any) -> None:
+            self.args = args
+
+    gateway = Asked()
+    assert express.admit(_Protocol(), gateway) is False  # the gateway said None: the ASGI path
+    assert gateway.args == ("GET", b"/s/ok", b"", [(b"host", b"a")], "127.0.0.1", "http")

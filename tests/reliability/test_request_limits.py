@@ -276,3 +276,16 @@ def test_a_trickled_upload_is_cut_off(edge: Edge) -> None:
     edge.flaky.mode = "ok"
     answer, _ = _send_body_slowly(edge, b"/flaky/trickled", pieces=1000, every=0.25, limit=UPSTREAM_TIMEOUT + 0.75)
     assert answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 504 ")), answer[:100]
+
+
+def test_a_bare_line_end_after_a_response_does_not_hold_the_connection_open(edge: Edge) -> None:
+    """A CRLF between requests (llhttp skips it: no request begins) cancelled the keep-alive timeout and armed no
+    header timeout, so one line end kept a connection open for good. Now the header timeout starts."""
+    with _connect(edge) as sock:
+        sock.sendall(b"GET /ok/first HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        sock.settimeout(HEADER_TIMEOUT + 5)
+        assert sock.recv(65536) == b""  # closed by the gateway, nothing answered
+        assert HEADER_TIMEOUT * 0.8 <= time.monotonic() - started <= HEADER_TIMEOUT + 3
