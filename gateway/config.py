@@ -9,9 +9,10 @@ configuration it does not fully understand, so an unknown key anywhere is an err
     trusted_proxies = []              # IPs or CIDRs whose X-Forwarded-* headers are believed
     token_cache_size = 100000         # verified tokens remembered until their exp (0 disables the cache)
     max_token_bytes = 8192            # longer bearer tokens are refused without parsing
-    fast_lane = true                  # bodiless requests with a cached token are forwarded from the server's
-                                      # callbacks, without an ASGI task (gateway/express.py); false: every
-                                      # request takes the ASGI path (the same answers, more CPU)
+    fast_lane = true                  # bodiless requests whose token is cached or whose key is at hand are
+                                      # forwarded from the server's callbacks, without an ASGI task
+                                      # (gateway/express.py); false: every request takes the ASGI path (the
+                                      # same answers, more CPU)
     timeout = 30.0                    # default upstream response timeout, seconds (a route's `timeout`)
     connect_timeout = 5.0             # default upstream connect timeout, seconds
     max_body_bytes = 10485760         # default request body limit, bytes (0 = unlimited)

@@ -146,7 +146,8 @@ class Metrics:
         self._cache_miss = self.token_cache.labels("miss")
         self.fast_lane = Counter(
             "gateway_fast_lane_requests",
-            "Requests forwarded on the fast lane (bodiless, cached token; gateway/express.py), of all requests.",
+            "Requests admitted to the fast lane (gateway/express.py); refusals and responses still streaming "
+            "continue on the ASGI path and are counted here too.",
             registry=r,
         )
         # Batched until flush(): requests by (route, status), latencies by route, token outcomes, cache hits and
