@@ -344,20 +344,26 @@ def read_all(sock: socket.socket, quiet: float = 0.5) -> bytes:
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "second head in two writes"])
 def test_a_request_pipelined_behind_one_on_the_lane(pair, first, second, split):
     """The second request begins (replacing uvicorn's scope) or completes (replacing its cycle) while the first is
-    still out on the lane: the first must be answered as itself, then the second, on both gateways alike."""
+    still out on the lane: the first must be answered as itself, then the second and a third, on both gateways
+    alike (the third is started by the second's completion: the lane must not have dropped the queued cycle)."""
+    third = request("GET", "/s/ok")
     results = {}
     for name in ("asgi", "fast"):
+        app = pair.apps[name]
         warm(pair, pair.ports[name])
+        before = app.express_requests
         with socket.create_connection(("127.0.0.1", pair.ports[name]), timeout=5) as sock:
             if split:
                 sock.sendall(first + second[:20])
                 time.sleep(0.2)
-                sock.sendall(second[20:])
+                sock.sendall(second[20:] + third)
             else:
-                sock.sendall(first + second)
+                sock.sendall(first + second + third)
             results[name] = normalized(read_all(sock))
+        # The first one took the lane (later ones may too, when the first was answered before they arrived).
+        assert (app.express_requests - before >= 1) if name == "fast" else (app.express_requests == before)
     assert results["fast"] == results["asgi"]
-    assert results["fast"].count(b"HTTP/1.1 ") == 2
+    assert results["fast"].count(b"HTTP/1.1 ") == 3
 
 
 class _Flow:
@@ -403,8 +409,13 @@ def _paused() -> _Flow:
 
 
 class _NotToBeAsked:
+    """Records being asked (admit turns an exception from the gateway into "take the ASGI path", so raising here
+    would pass unnoticed)."""
+
+    asked = False
+
     def express(self, *args: Any) -> None:
-        raise AssertionError("the gateway was asked")
+        self.asked = True
 
 
 @pytest.mark.parametrize(
@@ -419,14 +430,38 @@ class _NotToBeAsked:
     ],
 )
 def test_admission_refuses_before_asking_the_gateway(overrides):
-    assert express.admit(_Protocol(**overrides), _NotToBeAsked()) is False
+    gateway = _NotToBeAsked()
+    assert express.admit(_Protocol(**overrides), gateway) is False
+    assert not gateway.asked
 
 
 def test_admission_asks_the_gateway_otherwise():
     class Asked(_NotToBeAsked):
         def express(self, *args: Any) -> None:
             self.args = args
+            self.asked = True
 
     gateway = Asked()
     assert express.admit(_Protocol(), gateway) is False  # the gateway said None: the ASGI path
     assert gateway.args == ("GET", b"/s/ok", b"", [(b"host", b"a")], "127.0.0.1", "http")
+
+
+def test_a_pipelined_body_reaches_its_own_request_after_the_lane_request_resumes(pair):
+    """The second request's head is complete (uvicorn made it the current cycle and queued it) before the first,
+    on the lane, times out and resumes; its body arrives after that. The resumed cycle must not take the second's
+    place, or the body would go to the wrong request and the second would never be answered."""
+    upload = b"POST /b/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\r\n"
+    results = {}
+    for name in ("asgi", "fast"):
+        app = pair.apps[name]
+        warm(pair, pair.ports[name])
+        before = app.express_requests
+        with socket.create_connection(("127.0.0.1", pair.ports[name]), timeout=5) as sock:
+            sock.sendall(request("GET", "/s/hang") + upload)  # the route's timeout is 0.5 s: a 504 then
+            time.sleep(0.8)
+            sock.sendall(b"hello")
+            results[name] = normalized(read_all(sock, quiet=1.0))
+        assert app.express_requests - before == (1 if name == "fast" else 0)
+    assert results["fast"] == results["asgi"]
+    assert results["fast"].startswith(b"HTTP/1.1 504 ")
+    assert results["fast"].endswith(b"\r\n\r\n5") or b"\r\n1\r\n5\r\n0\r\n\r\n" in results["fast"]
