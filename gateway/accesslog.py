@@ -122,7 +122,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_line(self, line: str) -> None:
         line += self.terminator
         self._lines.append(line)
-        self._size += len(line)  # characters: the lines are ASCII (JSON with ensure_ascii)
+        self._size += _encoded_size(line)
         if self._size >= select.PIPE_BUF:
             self._write_out()
 
@@ -142,11 +142,12 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         size = 0
         try:
             for line in lines:
-                if piece and size + len(line) > select.PIPE_BUF:
+                length = _encoded_size(line)
+                if piece and size + length > select.PIPE_BUF:
                     self._write("".join(piece))
                     piece, size = [], 0
                 piece.append(line)
-                size += len(line)
+                size += length
             if piece:
                 self._write("".join(piece))
         except Exception:  # as logging does: a broken stream must not fail the request
@@ -155,6 +156,12 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()  # one write system call per piece
+
+
+def _encoded_size(line: str) -> int:
+    """Bytes once written (the stream is UTF-8): the access line is ASCII (JSON with ensure_ascii), so its length;
+    a line formatted otherwise (an operator's own formatter) may not be."""
+    return len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
 
 
 def flush() -> None:

@@ -138,6 +138,7 @@ def test_lines_are_written_whole_in_atomic_pipe_sized_pieces() -> None:
     stream = _CountingStream()
     handler = accesslog.LineHandler(stream)
     lines = [json.dumps({"n": n, "pad": "x" * (n % 300)}) for n in range(200)] + ["y" * (select.PIPE_BUF + 10)]
+    lines += ["é" * 1500] * 4  # 3,000 bytes each: two never fit in one piece (counted in bytes, not characters)
     for line in lines:
         handler.write_line(line)
     handler.flush()
@@ -145,7 +146,8 @@ def test_lines_are_written_whole_in_atomic_pipe_sized_pieces() -> None:
     assert len(stream.pieces) > 10  # written as it gathered, not all at the end
     for piece in stream.pieces:
         assert piece.endswith("\n")
-        assert len(piece) <= select.PIPE_BUF or piece.count("\n") == 1  # only a line too long for a piece goes alone
+        # only a line too long for a piece goes alone
+        assert len(piece.encode()) <= select.PIPE_BUF or piece.count("\n") == 1
     assert stream.flushes == len(stream.pieces)
 
 
