@@ -12,6 +12,7 @@ import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -648,3 +649,60 @@ async def test_https_origins_are_verified_and_reused(tmp_path):
         async with client() as upstream:  # the system trust store does not know this certificate
             with pytest.raises(BadGateway):
                 await upstream.send("GET", server.origin, b"/", [], None, T)
+
+
+async def _started(upstream: HttptoolsUpstream, origin: str, timeouts: Timeouts = T) -> tuple[Any, asyncio.Event]:
+    """``start`` on the pooled connection; the event is set by the listener once the exchange is over."""
+    over = asyncio.Event()
+    holder: list[Any] = []
+
+    def listener() -> None:
+        connection = holder[0]
+        if connection.complete or connection.error is not None:
+            over.set()
+
+    connection = upstream.start("GET", origin, b"/lane", [(b"x-a", b"1")], timeouts, listener)
+    assert connection is not None
+    holder.append(connection)
+    return connection, over
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_start_writes_at_once_on_a_pooled_connection_and_calls_back(tmp_path, tls):
+    """The fast lane's send (gateway/express.py): no idle connection, None; with one, the request is written at once
+    and the listener is called as the response arrives, on the same connection, plain or TLS."""
+    server_context = trusting = None
+    if tls:
+        cert, key = _certificate(tmp_path)
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(cert, key)
+        trusting = ssl.create_default_context(cafile=str(cert))
+    requests: list[tuple[bytes, bytes]] = []
+    async with (
+        Upstream(serve_forever(OK, requests), ssl_context=server_context) as server,
+        client(ssl_context=trusting) as upstream,
+    ):
+        assert upstream.start("GET", server.origin, b"/", [], T, lambda: None) is None  # nothing pooled yet
+        assert (await fetch(upstream, server.origin))[2] == b"ok"
+        connection, over = await _started(upstream, server.origin)
+        await asyncio.wait_for(over.wait(), 5)
+        assert connection.status == 200 and connection.take() == b"ok" and connection.error is None
+        connection.finish()
+        assert server.connections == 1 and upstream.has_idle(server.origin)  # back in the pool
+        assert requests[-1][0].startswith(b"GET /lane HTTP/1.1\r\n") and b"x-a: 1\r\n" in requests[-1][0]
+
+
+async def test_start_reports_the_read_timeout_to_the_listener():
+    async def answer_once_then_hang(conn: Conn) -> None:
+        await conn.request()
+        await conn.answer(OK)
+        await conn.request()
+        await conn.reader.read()
+
+    async with Upstream(answer_once_then_hang) as server, client() as upstream:
+        assert (await fetch(upstream, server.origin))[2] == b"ok"
+        connection, over = await _started(upstream, server.origin, Timeouts(connect=1, read=0.2))
+        await asyncio.wait_for(over.wait(), 5)
+        assert connection.error is GatewayTimeout  # a 504 (the lane retries only a BadGateway, express.py)
+        connection.finish()
+        assert not upstream.has_idle(server.origin)  # a timed-out connection is never reused
