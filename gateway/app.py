@@ -262,8 +262,8 @@ class Gateway:
                 token = extract_bearer(scope["headers"])
                 if token is None:
                     raise MissingToken()
-                claims = self.verifier.verify_cached(token)  # a cache hit costs no coroutine
-                if claims is None:
+                claims = self.verifier.verify_now(token)  # cached or key at hand: no coroutine
+                if claims is None:  # a key to fetch first
                     claims = await self.verifier.verify(token)
             except GatewayError as exc:
                 self._refused(record, exc)

@@ -294,21 +294,6 @@ class TokenVerifier:
     def cache_size(self) -> int:
         return 0 if self._cache is None else len(self._cache)
 
-    def verify_cached(self, token: str) -> Claims | None:
-        """:meth:`verify` for a token verified before, without a coroutine (the warm path, issue 7): its claims, or
-        None when it has to be verified; raises what ``verify`` raises for an oversized, non-ASCII or revoked one."""
-        if len(token) > self._max_token_bytes:
-            raise InvalidToken("oversized")
-        if not token.isascii():
-            raise InvalidToken("malformed")
-        verified = self._cached(hashlib.sha256(token.encode("ascii")).digest())
-        if verified is None:
-            return None
-        self.hits += 1
-        if self._is_revoked is not None and self._is_revoked(verified.claims):
-            raise InvalidToken("revoked")
-        return verified.claims
-
     async def verify(self, token: str) -> Claims:
         """The verified claims of ``token``, or :class:`InvalidToken` (or :class:`ServiceUnavailable` from the key
         cache when the issuer has no usable keys, or from ``is_revoked``)."""

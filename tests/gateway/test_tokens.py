@@ -697,21 +697,19 @@ async def test_ed448_keys_are_still_verified_through_pyjwt() -> None:
         assert caught.value.reason == "bad_signature"
 
 
-async def test_verify_cached_answers_only_for_tokens_verified_before(setup: Setup) -> None:
+async def test_verify_now_answers_a_cached_token_as_a_hit_and_refuses_like_verify(setup: Setup) -> None:
     token = setup.mint(sid="s-1")
-    assert setup.verifier.verify_cached(token) is None
-    assert (setup.verifier.hits, setup.verifier.misses) == (0, 0)
     claims = await setup.verifier.verify(token)
-    assert setup.verifier.verify_cached(token) == claims
+    assert (setup.verifier.hits, setup.verifier.misses) == (0, 1)
+    assert setup.verifier.verify_now(token) == claims
     assert (setup.verifier.hits, setup.verifier.misses) == (1, 1)
     with pytest.raises(InvalidToken) as caught:
-        setup.verifier.verify_cached("x" * 9000)
+        setup.verifier.verify_now("x" * 9000)
     assert caught.value.reason == "oversized"
     revoked = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, is_revoked=lambda c: True)
-    await setup.verifier.verify(token)
     revoked._cache = setup.verifier._cache  # the same cached verification, now with a revocation list that has it
     with pytest.raises(InvalidToken) as caught:
-        revoked.verify_cached(token)
+        revoked.verify_now(token)
     assert caught.value.reason == "revoked"
 
 
