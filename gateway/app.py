@@ -173,8 +173,10 @@ class Gateway:
         self._cache_counts = (0, 0)
         self._flusher: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known from start-up (proxy.forward)
-        #: Whether bodiless requests may take the fast lane (gateway/express.py).
-        self.fast_lane = config.fast_lane and isinstance(upstream, HttptoolsUpstream)
+        #: The client the fast lane sends with (gateway/express.py), when it is on: it needs the httptools client's
+        #: callbacks (HttptoolsUpstream.start), the default; with another client every request takes the ASGI path.
+        self.lane_upstream = upstream if config.fast_lane and isinstance(upstream, HttptoolsUpstream) else None
+        self.fast_lane = self.lane_upstream is not None
         self.express_requests = 0
         self._fast_counted = 0
 
@@ -295,7 +297,8 @@ class Gateway:
         anything, for a request that needs nothing awaited. None, with nothing counted or recorded, when it needs
         the full path: an admin path, no route, a key to fetch first, no idle upstream connection to write to.
         Otherwise the exchange, ready to send, or holding the refusal (``error``) the full path would make."""
-        if not self.fast_lane or raw_path in self._admin:
+        lane = self.lane_upstream
+        if lane is None or raw_path in self._admin:
             return None
         try:
             match = self.router.match(method, canonical_path(raw_path))
@@ -304,7 +307,7 @@ class Gateway:
         if match is None:
             return None
         route = match.route
-        if not self.upstream.has_idle(self._targets[id(route)].origin):  # type: ignore[attr-defined]
+        if not lane.has_idle(self._targets[id(route)].origin):
             return None
         token = None
         if route.auth != "public":
@@ -420,8 +423,8 @@ class Gateway:
         upstream = self._targets[id(route)]
         client: Upstream = self.upstream
         if fresh:  # the fast lane's retry: a new connection, no retry of its own (HttptoolsUpstream.send)
-            assert isinstance(client, HttptoolsUpstream)
-            client = _FreshConnection(client)
+            assert self.lane_upstream is not None
+            client = _FreshConnection(self.lane_upstream)
         await proxy.forward(
             client,
             method=exchange.method,

@@ -158,7 +158,9 @@ class Lane:
         assert route is not None and forwarded is not None
         target = self.gateway.target(route)
         try:
-            connection = self.gateway.upstream.start(  # type: ignore[attr-defined]
+            lane = self.gateway.lane_upstream
+            assert lane is not None  # admitted only when the lane is on
+            connection = lane.start(
                 exchange.method, target.origin, exchange.target, forwarded.headers, target.timeouts, self.moved
             )
         except ValueError as exc:  # a head that cannot be written: the ASGI path's 500
