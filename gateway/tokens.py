@@ -11,9 +11,9 @@ Verification order, each step refusing with :class:`InvalidToken` and a ``reason
    token's ``alg`` must be in that issuer's allowlist, before any key is fetched (``none``/``HS256`` never are);
 4. the key comes from :class:`gateway.jwks.JwksCache` by ``kid``, bound to ``alg`` (an ES256 header on an
    EdDSA key is ``alg_mismatch``);
-5. the signature over the token's own first two segments, checked by the key's PyJWT algorithm object (the one
-   ``jwt.decode`` would use; the key is bound to ``alg``, never chosen by it) on cryptography's primitives, except
-   Ed25519, checked with libsodium (half the CPU; same verdicts, see ``_ed25519_public``);
+5. the signature over the token's own first two segments, checked as the key's PyJWT algorithm object (the one
+   ``jwt.decode`` would use; the key is bound to ``alg``, never chosen by it) checks it, with cryptography's
+   primitives called directly, and Ed25519 with libsodium (same verdicts, less CPU: see ``_signature_check``);
    ``jwt.decode`` itself would parse the token a second time and costs 45-85 µs around the signature check
    (issue 7). Then the registered claims as ``jwt.decode`` checks them: ``exp, iat, iss, aud, sub`` present
    (``missing_claim``), ``aud`` a string or list of strings containing one of the issuer's audiences
@@ -50,11 +50,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jwt
+import jwt.algorithms
 import nacl.bindings
 import nacl.exceptions
 from cachetools import LRUCache, TTLCache
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.config import IssuerConfig
 from gateway.errors import Forbidden, InvalidRequest, InvalidToken
@@ -204,15 +208,40 @@ def _registered_claims(payload: Mapping[str, Any], audiences: Sequence[str]) -> 
         raise InvalidToken("bad_claim")
 
 
+SignatureCheck = Callable[[bytes, bytes], bool]  # (signing input, signature) -> valid
+
+
 @functools.lru_cache(maxsize=256)
-def _ed25519_public(key: jwt.PyJWK) -> bytes | None:
-    """The raw public key of an Ed25519 JWK, once per key object. Those signatures are checked with libsodium
-    (PyNaCl): about half the CPU of cryptography's OpenSSL build here (~58 vs ~110 µs, issue 7), and just as strict
-    on length, encoding and S < L (RFC 8032 §5.1.7). Ed448 and every other algorithm stay with PyJWT."""
+def _signature_check(key: jwt.PyJWK) -> SignatureCheck:
+    """How ``key``'s signatures are checked, decided once per key object (parsed once per JWKS fetch).
+
+    Ed25519 goes to libsodium (PyNaCl): about half the CPU of cryptography's OpenSSL build here (~58 vs ~110 µs,
+    issue 7), and just as strict on length, encoding and S < L (RFC 8032 §5.1.7). ECDSA and RSA keys call
+    cryptography directly with what PyJWT's algorithm object would pass it (its ``verify`` rebuilt the padding,
+    hash and ``ECDSA`` objects and re-checked the key's curve on every call: ~9 µs of an ES256 check's ~90,
+    issue 7), after PyJWT's own ``prepare_key`` has accepted the key once. Anything else (Ed448, a key PyJWT
+    would refuse) stays with PyJWT on every call, so it answers exactly as it does."""
+    algorithm = key.Algorithm
     public = key.key
-    if isinstance(public, Ed25519PublicKey):
-        return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return None
+    if isinstance(algorithm, jwt.algorithms.OKPAlgorithm) and isinstance(public, Ed25519PublicKey):
+        return functools.partial(
+            _ed25519_valid, public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+    try:
+        prepared = algorithm.prepare_key(public)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        prepared = None
+    # RSAPSSAlgorithm subclasses RSAAlgorithm: test it first.
+    if isinstance(algorithm, jwt.algorithms.RSAPSSAlgorithm) and isinstance(prepared, rsa.RSAPublicKey):
+        digest = algorithm.hash_alg()
+        pss = padding.PSS(mgf=padding.MGF1(algorithm.hash_alg()), salt_length=digest.digest_size)
+        return functools.partial(_rsa_valid, prepared, pss, digest)
+    if isinstance(algorithm, jwt.algorithms.RSAAlgorithm) and isinstance(prepared, rsa.RSAPublicKey):
+        return functools.partial(_rsa_valid, prepared, padding.PKCS1v15(), algorithm.hash_alg())
+    if isinstance(algorithm, jwt.algorithms.ECAlgorithm) and isinstance(prepared, ec.EllipticCurvePublicKey):
+        size = (prepared.curve.key_size + 7) // 8  # r and s, each left-padded to the curve's size (RFC 7518 §3.4)
+        return functools.partial(_ecdsa_valid, prepared, size, ec.ECDSA(algorithm.hash_alg()))
+    return lambda signed, signature: algorithm.verify(signed, algorithm.prepare_key(public), signature)
 
 
 def _ed25519_valid(public: bytes, signed: bytes, signature: bytes) -> bool:
@@ -221,6 +250,36 @@ def _ed25519_valid(public: bytes, signed: bytes, signature: bytes) -> bool:
     try:
         nacl.bindings.crypto_sign_open(signature + signed, public)
     except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
+
+def _ecdsa_valid(
+    public: ec.EllipticCurvePublicKey, size: int, ecdsa: ec.ECDSA, signed: bytes, signature: bytes
+) -> bool:
+    # PyJWT's ECAlgorithm.verify, with its raw_to_der_signature: the wrong length is simply invalid.
+    if len(signature) != 2 * size:
+        return False
+    r = int.from_bytes(signature[:size], "big")
+    s = int.from_bytes(signature[size:], "big")
+    try:
+        public.verify(encode_dss_signature(r, s), signed, ecdsa)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _rsa_valid(
+    public: rsa.RSAPublicKey,
+    scheme: padding.AsymmetricPadding,
+    digest: hashes.HashAlgorithm,
+    signed: bytes,
+    signature: bytes,
+) -> bool:
+    # PyJWT's RSAAlgorithm.verify / RSAPSSAlgorithm.verify.
+    try:
+        public.verify(signature, signed, scheme, digest)
+    except InvalidSignature:
         return False
     return True
 
@@ -411,13 +470,8 @@ class TokenVerifier:
             raise InvalidToken("alg_mismatch")
         signature = _base64url(parts[2])
         signed = parts[0] + b"." + parts[1]
-        ed25519 = _ed25519_public(key) if alg == "EdDSA" else None
         try:
-            if ed25519 is not None:
-                valid = _ed25519_valid(ed25519, signed, signature)
-            else:
-                algorithm = key.Algorithm
-                valid = algorithm.verify(signed, algorithm.prepare_key(key.key), signature)
+            valid = _signature_check(key)(signed, signature)
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidToken("malformed") from None
         if not valid:

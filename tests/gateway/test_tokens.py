@@ -14,7 +14,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from gateway.tokens import (
     _ed25519_valid,
     _header_safe,
     _is_b64token,
+    _signature_check,
     authorize,
     extract_bearer,
 )
@@ -677,6 +679,107 @@ def test_libsodium_and_cryptography_give_the_same_ed25519_verdicts() -> None:
             assert _ed25519_valid(raw, signed, variant) is expected
         assert _ed25519_valid(raw, signed + b"x", signature) is False
         assert _ed25519_valid(raw, signed, signature) is True
+
+
+# --- ECDSA and RSA called directly --------------------------------------------------------------------------
+
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _pyjwt_outcome(algorithm: Any, public: Any, signed: bytes, signature: bytes) -> object:
+    """What PyJWT's own algorithm object answers: True, False, or the exception type it raises."""
+    try:
+        return algorithm.verify(signed, algorithm.prepare_key(public), signature)
+    except Exception as exc:
+        return type(exc)
+
+
+def _our_outcome(key: jwt.PyJWK, signed: bytes, signature: bytes) -> object:
+    try:
+        return _signature_check(key)(signed, signature)
+    except Exception as exc:
+        return type(exc)
+
+
+def _variants(signature: bytes, *, order: int | None = None) -> list[bytes]:
+    half = len(signature) // 2
+    variants = [
+        signature,
+        bytes([signature[0] ^ 1]) + signature[1:],
+        signature[:-1] + bytes([signature[-1] ^ 0x80]),
+        signature[:-1],
+        signature + b"\x00",
+        bytes(len(signature)),
+        b"\xff" * len(signature),
+        os.urandom(len(signature)),
+        b"",
+    ]
+    if order is not None:  # ECDSA: r || s with s replaced by n - s (also valid: ECDSA is malleable), s = n, r = 0
+        r, s = signature[:half], int.from_bytes(signature[half:], "big")
+        variants += [
+            r + (order - s).to_bytes(half, "big"),
+            r + order.to_bytes(half, "big"),
+            bytes(half) + signature[half:],
+        ]
+    return variants
+
+
+def _near_misses(alg: str, private: Any, signed: bytes) -> list[bytes]:
+    """Signatures a looser check would accept: for ECDSA, one whose s starts with a zero byte, with that byte left
+    out (RFC 7518 §3.4 fixes the length); for RSA, the other padding scheme, or PSS with another salt length."""
+    if alg.startswith("ES"):
+        algorithm = jwt.get_algorithm_by_name(alg)
+        size = len(algorithm.sign(signed, private)) // 2
+        while (signature := algorithm.sign(signed, private))[size] != 0:
+            pass
+        return [signature[:size] + signature[size + 1 :]]
+    digest = hashes.SHA256() if alg.endswith("256") else hashes.SHA512()
+    pss_max = padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.MAX_LENGTH)
+    pss_zero = padding.PSS(mgf=padding.MGF1(digest), salt_length=0)
+    return [private.sign(signed, scheme, digest) for scheme in (padding.PKCS1v15(), pss_max, pss_zero)]
+
+
+_DIRECT_CASES = [
+    ("ES256", lambda: ec.generate_private_key(ec.SECP256R1()), _P256_ORDER),
+    ("ES384", lambda: ec.generate_private_key(ec.SECP384R1()), None),
+    ("ES512", lambda: ec.generate_private_key(ec.SECP521R1()), None),
+    ("RS256", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
+    ("PS256", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
+    ("RS512", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
+]
+
+
+@pytest.mark.parametrize(("alg", "generate", "order"), _DIRECT_CASES, ids=[case[0] for case in _DIRECT_CASES])
+def test_direct_ecdsa_and_rsa_checks_give_pyjwts_verdicts(alg: str, generate: Callable[[], Any], order: Any) -> None:
+    """The checks that call cryptography directly (issue 7: PyJWT's verify cost ~9 µs more per ES256 token) answer
+    every signature variant exactly as PyJWT's algorithm object does: valid, bit-flipped, malleated, out of range,
+    truncated, extended, zero, random, empty, or over another message."""
+    algorithm = jwt.get_algorithm_by_name(alg)
+    for index in range(3):
+        private = generate()
+        jwk = json.loads(algorithm.to_jwk(private.public_key()))
+        key = jwt.PyJWK({**jwk, "alg": alg, "kid": f"k{index}"})
+        signed = f"header.payload-{index}".encode()
+        signature = algorithm.sign(signed, private)
+        outcomes = []
+        for variant in _variants(signature, order=order) + _near_misses(alg, private, signed):
+            for message in (signed, signed + b"x"):
+                expected = _pyjwt_outcome(algorithm, key.key, message, variant)
+                assert _our_outcome(key, message, variant) == expected, (alg, variant.hex(), message)
+                outcomes.append(expected)
+        assert outcomes[0] is True and outcomes[1] is False  # the table holds both verdicts
+        assert _signature_check(key).func.__name__ != "<lambda>"  # type: ignore[attr-defined]  # the direct path
+
+
+def test_a_key_pyjwt_refuses_is_still_refused_by_pyjwt_on_every_check() -> None:
+    """An ES256 JWK carrying a P-384 key: PyJWT's prepare_key refuses it (InvalidKeyError) each time it is used;
+    the direct path is not taken for it, so the token is refused as before (``malformed``)."""
+    private = ec.generate_private_key(ec.SECP384R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    key = jwt.PyJWK({**jwk, "alg": "ES256", "kid": "wrong-curve"})
+    signature = jwt.get_algorithm_by_name("ES384").sign(b"a.b", private)
+    with pytest.raises(jwt.exceptions.InvalidKeyError):
+        _signature_check(key)(b"a.b", signature)
 
 
 async def test_ed448_keys_are_still_verified_through_pyjwt() -> None:
