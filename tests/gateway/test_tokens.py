@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import tokens as tokens_module
 from gateway.config import RouteConfig
 from gateway.errors import Forbidden, InvalidRequest, InvalidToken, ServiceUnavailable
 from gateway.jwks import JwksCache
@@ -351,6 +352,26 @@ async def test_repeated_bad_token_is_refused_from_the_negative_cache(setup: Setu
         with pytest.raises(InvalidToken) as caught:
             await setup.verifier.verify(token)
         assert caught.value.reason == "bad_signature"
+
+
+async def test_a_remembered_refusal_lasts_negative_ttl(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within ``negative_ttl`` a repeated bad token costs no signature check; after it, the token is checked again."""
+    checks: list[bytes] = []
+    real = tokens_module._signature_check
+
+    def counting(key: jwt.PyJWK) -> Callable[[bytes, bytes], bool]:
+        check = real(key)
+        return lambda signed, signature: checks.append(signed) is None and check(signed, signature)
+
+    monkeypatch.setattr(tokens_module, "_signature_check", counting)
+    verifier = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, negative_ttl=60)
+    token = tamper_signature(setup.mint())
+    for advance, checked in ((0, 1), (59, 1), (2, 2), (30, 2)):
+        setup.clock.advance(advance)
+        with pytest.raises(InvalidToken) as caught:
+            await verifier.verify(token)
+        assert caught.value.reason == "bad_signature"
+        assert len(checks) == checked, advance
 
 
 async def test_revocation_is_checked_on_every_call(setup: Setup) -> None:
@@ -863,3 +884,37 @@ async def test_verify_now_waits_for_nothing_and_counts_nothing_when_a_key_must_b
             verifier.verify_now(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"))
         assert refused.value.reason == "bad_signature"
         await cache.aclose()
+
+
+async def test_headers_of_verified_tokens_are_remembered_and_only_those(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header memo (issue 7): a verified token's header segment is remembered with its alg and kid; a refused
+    token's never is, whatever the reason; a remembered header does not make a forged signature or a refused
+    payload pass; the memo stops growing at its bound."""
+    verifier = setup.verifier
+    forged = tamper_signature(setup.mint(jti="forged"))
+    for refused in (forged, resign_header(setup.mint(), {"alg": setup.key.alg, "kid": setup.key.kid, "x": 1})):
+        with pytest.raises(InvalidToken):
+            await verifier.verify(refused)
+    assert verifier._headers == {}
+    token = setup.mint(sid="s-1")
+    await verifier.verify(token)
+    header = token.split(".")[0].encode()
+    assert verifier._headers == {header: (setup.key.alg, setup.key.kid)}
+    # Same header, fresh payloads: checked in full apart from the header, which is not decoded again.
+    decoded: list[bytes] = []
+    real = tokens_module._segment
+    monkeypatch.setattr(tokens_module, "_segment", lambda data: decoded.append(data) or real(data))
+    fresh = setup.mint(sub="someone-else")
+    assert (await verifier.verify(fresh)).sub == "someone-else"
+    assert decoded == [fresh.split(".")[1].encode()]
+    refusals = [(tamper_signature(setup.mint(jti="2")), "bad_signature"), (setup.mint(aud="x"), "bad_audience")]
+    for bad, reason in refusals:
+        assert bad.split(".")[0].encode() == header
+        with pytest.raises(InvalidToken) as caught:
+            await verifier.verify(bad)
+        assert caught.value.reason == reason
+    for index in range(100):  # distinct valid headers: the memo keeps at most its bound
+        await verifier.verify(setup.mint(headers={"typ": "JWT", "n": index}))
+    assert len(verifier._headers) == 64
