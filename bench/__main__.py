@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench import identitybench, prereqs, procs, profile, proxybench, report
-from bench.stats import Run, median_by_target, ratios
+from bench.stats import Run, median_by_target, ratios, worker_ceilings
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_SCENARIOS = ("warm", "cold", "workers", "identity")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"configs and logs kept in {work}", file=sys.stderr)
 
-    write_outputs(args, started, start_load, command, source, where.note, loads, runs, sign_ins, bursts, profiles)
+    write_outputs(args, started, start_load, command, source, where, loads, runs, sign_ins, bursts, profiles)
     return 0
 
 
@@ -261,7 +261,7 @@ def write_outputs(
     start_load: tuple[float, float, float],
     command: str,
     source: str,
-    placement: str,
+    where: proxybench.Placement,
     loads: list[dict[str, Any]],
     runs: list[Run],
     sign_ins: list[identitybench.SignInRound],
@@ -278,13 +278,18 @@ def write_outputs(
         "machine": machine(),
         "load_average_start_end": [start_load, procs.loadavg()],
         "load_average_per_round": loads,
-        "placement": placement,
+        "placement": where.note,
         "source": source,
         "versions": prereqs.versions(),
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
     }
     goals = [goal for spec in proxybench.ABSOLUTE_GOALS if (goal := spec.evaluate(runs)) is not None]
-    markdown = render_markdown(meta, runs, all_ratios, goals, sign_ins, bursts, profiles)
+    ceilings = [
+        item
+        for scenario in ("workers-warm", "workers-cold")
+        for item in worker_ceilings(runs, scenario, "gateway-1w", "gateway-2w", where.cores, args.rounds)
+    ]
+    markdown = render_markdown(meta, runs, all_ratios, goals, sign_ins, bursts, profiles, ceilings)
     print("\n" + markdown)
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{started:%Y%m%d-%H%M%S}"
@@ -294,6 +299,7 @@ def write_outputs(
         "targets": median_by_target(runs),
         "ratios": [ratio.as_dict() for ratio in all_ratios],
         "absolute_goals": goals,
+        "worker_ceilings": ceilings,
         "sign_ins": [item.as_dict() for item in sign_ins],
         "bursts": bursts,
     }
@@ -438,6 +444,7 @@ def render_markdown(
     sign_ins: list[identitybench.SignInRound],
     bursts: list[dict[str, Any]],
     profiles: list[str],
+    ceilings: Sequence[dict[str, Any]] = (),
 ) -> str:
     load_start, load_end = meta["load_average_start_end"]
     lines = [
@@ -464,6 +471,13 @@ def render_markdown(
         ]
     if goals:
         lines += [report.goals_table(goals), ""]
+    if ceilings:
+        lines += [
+            "### Workers: what the cores allow (2 / 1 at most cores / ((G + X) x one worker's req/s))",
+            "",
+            report.ceilings_table(ceilings),
+            "",
+        ]
     if sign_ins:
         lines += [
             "### Sign-in latency (sequential, one keep-alive connection)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -128,6 +129,13 @@ def cpu_seconds(root: int) -> float:
             # After the ')' split: index 11 utime, 12 stime, 13 cutime, 14 cstime (proc(5) fields 14-17).
             ticks += sum(int(value) for value in fields[11:15])
     return ticks / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's children that have exited and been waited for (wrk, once a run ends:
+    the bench starts no other short-lived child while wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_until(predicate, timeout: float, what: str, proc: Proc | None = None) -> None:

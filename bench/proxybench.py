@@ -101,12 +101,13 @@ class Placement:
     load: str | None
     every: str | None
     note: str
+    cores: int  # the CPUs the workers scenario shares between the gateway, wrk and the upstream
 
 
 def placement() -> Placement:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
-        return Placement(None, None, None, f"not pinned: only CPU(s) {cpus} available")
+        return Placement(None, None, None, f"not pinned: only CPU(s) {cpus} available", len(cpus))
     every = ",".join(str(cpu) for cpu in cpus)
     return Placement(
         str(cpus[0]),
@@ -114,6 +115,7 @@ def placement() -> Placement:
         every,
         f"proxy + upstream + identity servers pinned to CPU {cpus[0]}, wrk and this bench to CPU {cpus[1]} "
         f"(taskset); the workers scenario lets everything use CPUs {every}",
+        len(cpus),
     )
 
 
@@ -343,11 +345,14 @@ class ProxyRig:
             on_start()
         load1 = procs.loadavg()[0]
         before = procs.cpu_seconds(target.proc.pid)
+        load_before = procs.children_cpu_seconds() + procs.cpu_seconds(self.upstream.pid)
         result = wrk.run(argv, duration)
         after = procs.cpu_seconds(target.proc.pid)
+        load_after = procs.children_cpu_seconds() + procs.cpu_seconds(self.upstream.pid)
         if target.proc.popen.poll() is not None:
             raise RuntimeError(f"{target.name} exited during the run:\n{target.proc.tail()}")
         cpu = (after - before) * 1e6 / result.requests if result.requests else None
+        load_cpu = (load_after - load_before) * 1e6 / result.requests if result.requests else None
         run = Run(
             round=round_number,
             scenario=scenario,
@@ -361,6 +366,7 @@ class ProxyRig:
             socket_errors=result.socket_errors,
             load1=load1,
             tokens=tokens,
+            load_cpu_us_per_request=load_cpu,
         )
         return check(run, token_cache=target.caches_tokens)
 

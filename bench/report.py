@@ -25,6 +25,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def run_line(run: Run) -> str:
     cpu = f"{run.cpu_us_per_request:,.0f} µs/req" if run.cpu_us_per_request is not None else "-"
+    if run.load_cpu_us_per_request is not None:
+        cpu += f" (+{run.load_cpu_us_per_request:,.0f} load)"
     flag = "" if run.valid else "  NOT A RESULT: " + "; ".join(run.problems)
     return (
         f"  r{run.round} {run.scenario:<22} {run.target:<17} {run.rps:>9,.0f} req/s  p50 {run.p50_ms:6.2f} ms"
@@ -70,6 +72,23 @@ def ratios_table(ratios: Sequence[Ratio]) -> str:
             ]
         )
     return table(["ratio (within each round)", "per round", "median", "goal (issue 7)", "verdict"], rows)
+
+
+def ceilings_table(ceilings: Sequence[dict[str, Any]]) -> str:
+    """bench.stats.worker_ceilings, a row per round."""
+    rows = [
+        [
+            item["scenario"],
+            str(item["round"]),
+            f"{item['measured']:.2f}",
+            f"{item['ceiling']:.2f}",
+            _fmt(item["gateway_cpu_us"]),
+            _fmt(item["load_cpu_us"]),
+        ]
+        for item in ceilings
+    ]
+    headers = ["scenario", "round", "2 / 1 measured", "ceiling", "G: gateway µs/req", "X: wrk + upstream µs/req"]
+    return table(headers, rows)
 
 
 def goals_table(goals: Sequence[dict[str, Any]]) -> str:

@@ -26,6 +26,8 @@ class Run:
     load1: float
     tokens: int | None = None
     problems: list[str] = field(default_factory=list)
+    # CPU per request of the load side: wrk and the upstream nginx (what the workers scenario shares the cores with).
+    load_cpu_us_per_request: float | None = None
 
     @property
     def valid(self) -> bool:
@@ -188,3 +190,33 @@ def median_by_target(runs: Iterable[Run]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def worker_ceilings(
+    runs: Iterable[Run], scenario: str, one: str, two: str, cores: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Per round, how far ``two`` workers can get over ``one`` when the proxy, wrk and the upstream share ``cores``
+    CPUs: every request costs the two-worker gateway G and the load side X CPU-µs, so ``cores`` CPUs serve at most
+    cores / (G + X) requests per second, and the ratio to the one-worker run's req/s R1 is at most
+    cores / ((G + X) · R1). A cheaper gateway lowers that ceiling (X stays), which is why the warm case lands
+    lower than the cold one. Optimistic: a shared machine gives other tenants CPU too."""
+    by_key = {(run.round, run.scenario, run.target): run for run in runs}
+    out = []
+    for number in range(1, rounds + 1):
+        first, second = by_key.get((number, scenario, one)), by_key.get((number, scenario, two))
+        if first is None or second is None or not (first.valid and second.valid):
+            continue
+        gateway, load = second.cpu_us_per_request, second.load_cpu_us_per_request
+        if gateway is None or load is None or not first.rps:
+            continue
+        out.append(
+            {
+                "round": number,
+                "scenario": scenario,
+                "measured": second.rps / first.rps,
+                "ceiling": cores * 1e6 / ((gateway + load) * first.rps),
+                "gateway_cpu_us": gateway,
+                "load_cpu_us": load,
+            }
+        )
+    return out

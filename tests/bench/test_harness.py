@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench import configs, prereqs, profile, proxybench, wrk
-from bench.stats import AbsoluteGoal, RatioSpec, Run, check, median_by_target, percentile, ratios
+from bench import configs, prereqs, procs, profile, proxybench, wrk
+from bench.stats import AbsoluteGoal, RatioSpec, Run, check, median_by_target, percentile, ratios, worker_ceilings
 
 WRK_STDOUT = """Running 10s test @ http://127.0.0.1:8080/api/x/items
   1 threads and 32 connections
@@ -106,6 +106,37 @@ def test_ratios_are_taken_within_each_round_and_skip_invalid_runs() -> None:
     assert ratio.per_round == [3.0, 1.0, None]
     assert ratio.median == 2.0
     assert ratio.meets_goal is True
+
+
+def test_worker_ceiling_is_the_cores_over_cpu_per_request_against_one_workers_throughput() -> None:
+    """Round 1: 2 cores / (60 + 40 µs) = 20,000 req/s at most, over one worker's 10,000 -> 2.0; measured 14,000 ->
+    1.4. Round 2 has an invalid run and round 3 no load measurement: no row for them."""
+    runs = [
+        _run(1, "workers-warm", "gateway-1w", 10_000, cpu_us_per_request=95.0, load_cpu_us_per_request=38.0),
+        _run(1, "workers-warm", "gateway-2w", 14_000, cpu_us_per_request=60.0, load_cpu_us_per_request=40.0),
+        _run(2, "workers-warm", "gateway-1w", 10_000),
+        _run(2, "workers-warm", "gateway-2w", 14_000, non_2xx=3, load_cpu_us_per_request=40.0),
+        _run(3, "workers-warm", "gateway-1w", 10_000),
+        _run(3, "workers-warm", "gateway-2w", 14_000),
+        _run(1, "workers-cold", "gateway-2w", 1),
+    ]
+    for run in runs:
+        check(run, token_cache=False)
+    (row,) = worker_ceilings(runs, "workers-warm", "gateway-1w", "gateway-2w", cores=2, rounds=3)
+    assert row["round"] == 1
+    assert row["measured"] == pytest.approx(1.4)
+    assert row["ceiling"] == pytest.approx(2.0)
+    assert (row["gateway_cpu_us"], row["load_cpu_us"]) == (60.0, 40.0)
+    assert worker_ceilings(runs, "workers-cold", "gateway-1w", "gateway-2w", cores=2, rounds=3) == []
+
+
+def test_children_cpu_seconds_counts_a_child_once_it_has_been_waited_for() -> None:
+    import subprocess
+    import sys
+
+    before = procs.children_cpu_seconds()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    assert procs.children_cpu_seconds() - before >= 0.05
 
 
 def test_lower_is_better_metrics_meet_their_goal_from_below() -> None:
