@@ -133,7 +133,8 @@ def cpu_seconds(root: int) -> float:
 
 def children_cpu_seconds() -> float:
     """User + system CPU of this process's children that have exited and been waited for (wrk, once a run ends:
-    the bench starts no other short-lived child while wrk runs)."""
+    the bench starts no other short-lived child during a measured run; the profiler's extra run, which starts
+    py-spy, gets no load figure)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

@@ -352,7 +352,8 @@ class ProxyRig:
         if target.proc.popen.poll() is not None:
             raise RuntimeError(f"{target.name} exited during the run:\n{target.proc.tail()}")
         cpu = (after - before) * 1e6 / result.requests if result.requests else None
-        load_cpu = (load_after - load_before) * 1e6 / result.requests if result.requests else None
+        # Not for the profiler's extra run: py-spy, a child too, may be reaped inside the window.
+        load_cpu = (load_after - load_before) * 1e6 / result.requests if result.requests and on_start is None else None
         run = Run(
             round=round_number,
             scenario=scenario,

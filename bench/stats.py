@@ -199,7 +199,9 @@ def worker_ceilings(
     CPUs: every request costs the two-worker gateway G and the load side X CPU-µs, so ``cores`` CPUs serve at most
     cores / (G + X) requests per second, and the ratio to the one-worker run's req/s R1 is at most
     cores / ((G + X) · R1). A cheaper gateway lowers that ceiling (X stays), which is why the warm case lands
-    lower than the cold one. Optimistic: a shared machine gives other tenants CPU too."""
+    lower than the cold one. It is the measured 2 / 1 scaled by cores / (the CPU the three used per second), so
+    it says how much the run left idle, not what a cheaper load side would allow; optimistic, since the bench's
+    own Python, unattributed kernel time and other tenants of a shared machine need CPU too."""
     by_key = {(run.round, run.scenario, run.target): run for run in runs}
     out = []
     for number in range(1, rounds + 1):

@@ -345,7 +345,8 @@ class TokenVerifier:
         self._cache: LRUCache[bytes, _Verified] | None = LRUCache(maxsize=cache_size) if cache_size > 0 else None
         # (reason, message, until) only: an exception would keep its traceback, and with it whole frames, alive.
         # An LRU with the expiry checked on reading, like the positive cache: a TTLCache lookup costs a timer context
-        # and a raised KeyError, on every fresh token (~1.2 µs, issue 7); an expired entry waits for eviction.
+        # and a raised KeyError, on every fresh token (~1.2 µs, issue 7). An expired entry waits for eviction and
+        # may outlive a live one evicted before it: at worst one more signature check, never another verdict.
         self._negative: LRUCache[bytes, tuple[str, str, float]] | None = (
             LRUCache(maxsize=negative_cache_size) if negative_cache_size > 0 else None
         )
@@ -353,7 +354,7 @@ class TokenVerifier:
         # Header segments of tokens that verified, with their alg and kid: an issuer signs every token with the same
         # few headers ({"alg", "kid"} per key), so a fresh token skips decoding and checking its header again
         # (~4 µs of a cold check, issue 7). Only verified tokens add one, so a client cannot fill it with junk;
-        # a header's checks depend on nothing but its bytes.
+        # a header's checks depend on nothing but its bytes (the issuer's alg allowlist is applied after it).
         self._headers: dict[bytes, tuple[str, str | None]] = {}
         self.hits = 0
         self.misses = 0
@@ -416,7 +417,9 @@ class TokenVerifier:
             self._negative[digest] = (exc.reason, exc.message, self._clock() + self._negative_ttl)
 
     def _accepted(self, digest: bytes, parsed: _Parsed, verified: _Verified) -> Claims:
-        if len(self._headers) < _KNOWN_HEADERS and parsed.parts[0] not in self._headers:
+        if parsed.parts[0] not in self._headers:
+            if len(self._headers) >= _KNOWN_HEADERS:
+                self._headers.clear()  # rotated keys' headers leave too; the current ones come back at once
             self._headers[parsed.parts[0]] = (parsed.alg, parsed.kid)
         if self._cache is not None:
             self._cache[digest] = verified

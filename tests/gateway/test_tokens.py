@@ -366,7 +366,7 @@ async def test_a_remembered_refusal_lasts_negative_ttl(setup: Setup, monkeypatch
     monkeypatch.setattr(tokens_module, "_signature_check", counting)
     verifier = TokenVerifier([issuer_config()], setup.verifier._keys, clock=setup.clock, negative_ttl=60)
     token = tamper_signature(setup.mint())
-    for advance, checked in ((0, 1), (59, 1), (2, 2), (30, 2)):
+    for advance, checked in ((0, 1), (59.5, 1), (0.5, 2), (30, 2)):  # remembered while now < refused + 60
         setup.clock.advance(advance)
         with pytest.raises(InvalidToken) as caught:
             await verifier.verify(token)
@@ -764,6 +764,7 @@ _DIRECT_CASES = [
     ("ES256", lambda: ec.generate_private_key(ec.SECP256R1()), _P256_ORDER),
     ("ES384", lambda: ec.generate_private_key(ec.SECP384R1()), None),
     ("ES512", lambda: ec.generate_private_key(ec.SECP521R1()), None),
+    ("ES256K", lambda: ec.generate_private_key(ec.SECP256K1()), None),
     ("RS256", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
     ("PS256", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
     ("RS512", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
@@ -794,13 +795,15 @@ def test_direct_ecdsa_and_rsa_checks_give_pyjwts_verdicts(alg: str, generate: Ca
 
 def test_a_key_pyjwt_refuses_is_still_refused_by_pyjwt_on_every_check() -> None:
     """An ES256 JWK carrying a P-384 key: PyJWT's prepare_key refuses it (InvalidKeyError) each time it is used;
-    the direct path is not taken for it, so the token is refused as before (``malformed``)."""
+    the direct path is not taken for it, so each check raises, as PyJWT does (the JWKS parser already drops such a
+    key; TokenVerifier would answer ``malformed``)."""
     private = ec.generate_private_key(ec.SECP384R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
     key = jwt.PyJWK({**jwk, "alg": "ES256", "kid": "wrong-curve"})
     signature = jwt.get_algorithm_by_name("ES384").sign(b"a.b", private)
-    with pytest.raises(jwt.exceptions.InvalidKeyError):
-        _signature_check(key)(b"a.b", signature)
+    for _ in range(2):
+        with pytest.raises(jwt.exceptions.InvalidKeyError):
+            _signature_check(key)(b"a.b", signature)
 
 
 async def test_ed448_keys_are_still_verified_through_pyjwt() -> None:
@@ -894,7 +897,12 @@ async def test_headers_of_verified_tokens_are_remembered_and_only_those(
     payload pass; the memo stops growing at its bound."""
     verifier = setup.verifier
     forged = tamper_signature(setup.mint(jti="forged"))
-    for refused in (forged, resign_header(setup.mint(), {"alg": setup.key.alg, "kid": setup.key.kid, "x": 1})):
+    signed_but_expired = mint(setup.key, now=NOW - 3600, headers={"typ": "JWT", "n": "expired"})
+    for refused in (
+        forged,
+        resign_header(setup.mint(), {"alg": setup.key.alg, "kid": setup.key.kid, "x": 1}),
+        signed_but_expired,  # a good signature, refused on its claims
+    ):
         with pytest.raises(InvalidToken):
             await verifier.verify(refused)
     assert verifier._headers == {}
@@ -917,4 +925,21 @@ async def test_headers_of_verified_tokens_are_remembered_and_only_those(
         assert caught.value.reason == reason
     for index in range(100):  # distinct valid headers: the memo keeps at most its bound
         await verifier.verify(setup.mint(headers={"typ": "JWT", "n": index}))
-    assert len(verifier._headers) == 64
+        assert 1 <= len(verifier._headers) <= 64
+    assert setup.mint(headers={"typ": "JWT", "n": 99}).split(".")[0].encode() in verifier._headers  # the newest
+
+
+async def test_a_remembered_header_still_meets_each_issuers_algorithm_allowlist(setup: Setup) -> None:
+    """Two issuers whose tokens share a header: the second does not allow the header's alg. A token of the first
+    puts the header in the memo; the second's token with the same header is still refused ``alg_not_allowed``."""
+    other = "https://other.example"
+    others_algorithms = tuple(alg for alg in ("EdDSA", "ES256", "RS256") if alg != setup.key.alg)
+    issuers = [issuer_config(), issuer_config(issuer=other, algorithms=others_algorithms)]
+    verifier = TokenVerifier(issuers, setup.verifier._keys, clock=setup.clock)
+    first = setup.mint()
+    await verifier.verify(first)
+    second = setup.mint(iss=other)
+    assert second.split(".")[0] == first.split(".")[0] and second.split(".")[0].encode() in verifier._headers
+    with pytest.raises(InvalidToken) as caught:
+        await verifier.verify(second)
+    assert caught.value.reason == "alg_not_allowed"
