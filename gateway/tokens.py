@@ -235,7 +235,7 @@ def _signature_check(key: jwt.PyJWK) -> SignatureCheck:
     # RSAPSSAlgorithm subclasses RSAAlgorithm: test it first.
     if isinstance(algorithm, jwt.algorithms.RSAPSSAlgorithm) and isinstance(prepared, rsa.RSAPublicKey):
         digest = algorithm.hash_alg()
-        pss = padding.PSS(mgf=padding.MGF1(algorithm.hash_alg()), salt_length=digest.digest_size)
+        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
         return functools.partial(_rsa_valid, prepared, pss, digest)
     if isinstance(algorithm, jwt.algorithms.RSAAlgorithm) and isinstance(prepared, rsa.RSAPublicKey):
         return functools.partial(_rsa_valid, prepared, padding.PKCS1v15(), algorithm.hash_alg())
