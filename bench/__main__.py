@@ -287,7 +287,7 @@ def write_outputs(
     ceilings = [
         item
         for scenario in ("workers-warm", "workers-cold")
-        for item in worker_ceilings(runs, scenario, "gateway-1w", "gateway-2w", where.cores, args.rounds)
+        for item in worker_ceilings(runs, scenario, *proxybench.WORKER_TARGETS, where.cores, args.rounds)
     ]
     markdown = render_markdown(meta, runs, all_ratios, goals, sign_ins, bursts, profiles, ceilings)
     print("\n" + markdown)
