@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from identity.config import Config, ConfigError, load_config
 from identity.db import create_engine, migrate
@@ -100,10 +100,10 @@ async def _rotate(config: Config) -> int:
     return 0
 
 
-async def _revoke_user(config: Config, email: str) -> int:
+async def _revoke_user(config: Config, email: str, clock: Callable[[], float] = time.time) -> int:
     engine = create_engine(config.database_url)
     try:
-        store = Store(engine, time.time, config.jwt_ttl)
+        store = Store(engine, clock, config.jwt_ttl)
         user = await store.find_user_by_email(email)
         if user is None:
             print(f"no user with email {email!r}", file=sys.stderr)

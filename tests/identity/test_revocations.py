@@ -111,15 +111,16 @@ async def test_revoke_user_command(h):
     sids = {await sid_of(h, first), await sid_of(h, second)}
     bob = (await h.sign_up(email="bob@example.com")).json()["token"]
     service = h.app.state.identity
-    # The CLI's own function, on the same database (it reads the real clock, so compare ids only).
-    assert await _revoke_user(_config_with_url(h, service), "ALICE@example.com") == 0
+    # The CLI's own function, on the same database and the test's clock: the sessions it ends must still be live by
+    # the test's clock, whatever today's date is.
+    assert await _revoke_user(_config_with_url(h, service), "ALICE@example.com", h.clock) == 0
     assert {e["sid"] for e in (await feed(h))["revoked"]} == sids
     # Another process ended them: this one may answer from its session copy for IDENTITY_SESSION_CACHE_MS more
     # (gateways refuse those JWTs by sid, now in the feed); after that the database decides.
     h.clock.advance(h.config.session_cache_ms / 1000)
     assert (await h.client.get("/api/auth/token", headers=bearer(first))).status_code == 401
     assert (await h.client.get("/api/auth/token", headers=bearer(bob))).status_code == 200
-    assert await _revoke_user(_config_with_url(h, service), "nobody@example.com") == 1
+    assert await _revoke_user(_config_with_url(h, service), "nobody@example.com", h.clock) == 1
 
 
 def _config_with_url(h, service):
